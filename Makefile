@@ -1,0 +1,46 @@
+# Two commands for a new machine: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Chalice sets the Lambda runtime from the packaging interpreter, and python3.11 functions can
+# no longer be created: insist on Python >= 3.12 (.python-version selects 3.13.0 under pyenv).
+FIND_PYTHON := for p in python3 python3.13 python3.12; do \
+	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	    command -v $$p; break; fi; done
+
+.PHONY: help setup demo test sandbox check clean
+
+help:
+	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
+	@echo "make test     set up .venv, then run the whole test suite"
+	@echo "make sandbox  start the DirectLink sandbox + AWS emulator and print export lines"
+	@echo "make clean    remove .venv and caches"
+
+$(STAMP): pyproject.toml requirements.txt
+	@py="$$($(FIND_PYTHON))"; \
+	if [ -z "$$py" ]; then \
+	  echo "error: VIF Gatekeeper needs Python >= 3.12 (Lambda no longer accepts python3.11)." >&2; \
+	  echo "       Install 3.13 (e.g. 'pyenv install 3.13.0'; .python-version selects it) and rerun." >&2; \
+	  exit 1; fi; \
+	echo "Setting up $(VENV) with $$py ($$($$py --version))"; \
+	rm -rf $(VENV) && $$py -m venv $(VENV) && \
+	$(PY) -m pip install --quiet --upgrade pip && \
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vifgate demo
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+sandbox: $(STAMP)
+	$(VENV)/bin/vifgate sandbox
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +

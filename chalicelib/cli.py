@@ -1,0 +1,142 @@
+"""`vifgate`: the same poll cycle as the Lambda, run by hand; plus the local sandbox and demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .config import ConfigError
+from .log import logger
+from .reconcile import CycleReport, run_cycle
+from .runtime import Runtime, Settings, load_policy
+
+EXIT_OK, EXIT_TARGET_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    return args.func(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vifgate", description=(
+        "Confirm hosted DirectLink / Direct Connect virtual interfaces that your allowlist trusts."))
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each decision (JSON, on stderr)")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    poll = commands.add_parser("poll", help="run one poll cycle now")
+    _config_args(poll)
+    poll.add_argument("--dry-run", action="store_true", help="decide and record, but confirm nothing")
+    poll.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
+    poll.set_defaults(func=_poll)
+
+    check = commands.add_parser("check", help="validate the config; show what each current VIF would get")
+    _config_args(check)
+    check.add_argument("--offline", action="store_true", help="only validate the document")
+    check.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
+    check.set_defaults(func=_check)
+
+    sandbox = commands.add_parser("sandbox", help="run the local DirectLink sandbox + AWS emulator")
+    sandbox.add_argument("--port", type=int, default=4566, help="DirectLink sandbox port (default 4566)")
+    sandbox.add_argument("--aws-port", type=int, default=5005, help="AWS emulator (moto) port (default 5005)")
+    sandbox.set_defaults(func=_sandbox)
+
+    demo = commands.add_parser("demo", help="the whole story on the embedded sandbox, in under a minute")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("VIFGATE_CONFIG"),
+                        help="policy file (YAML/JSON) or ssm:/parameter (default: $VIFGATE_CONFIG)")
+    parser.add_argument("--table", default=os.environ.get("VIFGATE_TABLE", "vifgate-ledger"),
+                        help="DynamoDB ledger table (default: $VIFGATE_TABLE or vifgate-ledger)")
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    env = dict(os.environ, VIFGATE_CONFIG=args.config or "", VIFGATE_TABLE=args.table)
+    settings = Settings.from_env(env)
+    # Validated now: an invalid document stops here, before any client exists.
+    return Runtime(settings, policy=load_policy(settings.config_source))
+
+
+def _poll(args: argparse.Namespace) -> int:
+    try:
+        runtime = _runtime(args)
+        report = run_cycle(runtime, dry_run=args.dry_run or None)
+    except ConfigError as exc:
+        return _bad_config(exc)
+    _print_report(report, as_json=args.json)
+    return EXIT_OK if report.ok else EXIT_TARGET_FAILED
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        runtime = _runtime(args)
+        policy = runtime.policy
+    except ConfigError as exc:
+        return _bad_config(exc)
+    if not args.json:
+        allow = policy.allowlist()
+        print(f"config OK: {len(policy.targets)} target(s), {len(policy.rules)} rule(s), "
+              f"default_action {policy.default_action}; confirm rules trust "
+              f"{len(allow['accounts'])} account(s) and {len(allow['gateways'])} gateway(s)")
+    if args.offline:
+        return EXIT_OK
+    report = run_cycle(runtime, dry_run=True, record=False)
+    _print_report(report, as_json=args.json, what_if=True)
+    return EXIT_OK if report.ok else EXIT_TARGET_FAILED
+
+
+def _bad_config(exc: ConfigError) -> int:
+    print(f"vifgate: {exc}\nNothing was confirmed.", file=sys.stderr)
+    return EXIT_BAD_CONFIG
+
+
+def _print_report(report: CycleReport, *, as_json: bool, what_if: bool = False) -> None:
+    if as_json:
+        for outcome in report.outcomes:
+            print(json.dumps(outcome.as_json(), sort_keys=True))
+        for failure in report.failures:
+            print(f"vifgate: target {failure.target} failed: {failure.message}", file=sys.stderr)
+        return
+    print(format_table(report))
+    counts = ", ".join(f"{n} {a}" for a, n in sorted(report.counts().items())) or "no VIFs seen"
+    mode = "what-if (nothing changed)" if what_if else ("dry run" if report.dry_run else "live")
+    print(f"\n{mode}: {counts}; targets OK: {', '.join(report.targets_ok) or 'none'}")
+    for failure in report.failures:
+        print(f"  FAILED {failure.target}: {failure.message}")
+
+
+def format_table(report: CycleReport) -> str:
+    headers = ("TARGET", "VIF", "NAME", "OWNER", "VLAN", "STATE", "ACTION", "RULE/GATEWAY", "REASON")
+    rows = [(o.target, o.virtualInterfaceId, o.virtualInterfaceName or "", o.ownerAccount or "",
+             str(o.vlan or ""), o.state, o.action, "/".join(filter(None, (o.rule, o.virtualGatewayId))) or "-",
+             o.reason) for o in sorted(report.outcomes, key=lambda o: (o.target, o.virtualInterfaceId))]
+    if not rows:
+        return "(no virtual interfaces seen)"
+    widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+             for row in (headers, *rows)]
+    return "\n".join(lines)
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from sandbox.local import serve  # not deployed: needs the [sandbox] extra
+
+    return serve(port=args.port, aws_port=args.aws_port)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sandbox.demo import run_demo
+
+    return run_demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

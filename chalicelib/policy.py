@@ -1,0 +1,116 @@
+"""Pure decisions: what to do with one VIF, given the policy and the target's gateways.
+
+Nothing here does I/O; every decision carries its reason in words a person can read in chat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import ClassVar
+
+from .config import Policy, Rule, Target
+from .models import CONFIRMING, VirtualGateway, VirtualInterface
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: ClassVar[str]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Confirm(Decision):
+    action: ClassVar[str] = "confirm"
+    rule: str
+    gateway: str
+
+
+@dataclass(frozen=True)
+class Ask(Decision):
+    action: ClassVar[str] = "ask"
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class Reject(Decision):
+    action: ClassVar[str] = "reject"
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class Ignore(Decision):
+    action: ClassVar[str] = "ignore"
+
+
+@dataclass(frozen=True)
+class NoAction(Decision):
+    """The VIF is not waiting for us (not `confirming`, or another account must confirm it)."""
+
+    action: ClassVar[str] = "none"
+
+
+def mismatch(rule: Rule, vif: VirtualInterface, target: Target | None = None) -> tuple[str, str] | None:
+    """(field, why) when `rule` does not match `vif`, or None when it does."""
+    if rule.targets is not None and target is not None and target.name not in rule.targets:
+        return "target", f"target {target.name} is not in rule {rule.name}'s targets"
+    if vif.owner_account not in rule.accounts:
+        return "account", f"account {vif.owner_account} is not in rule {rule.name}"
+    if rule.connections is not None and vif.connection_id not in rule.connections:
+        return "connection", f"connection {vif.connection_id} is not in rule {rule.name}'s connections"
+    if rule.vlan is not None and vif.vlan not in rule.vlan:
+        return "vlan", f"vlan {vif.vlan} is outside {rule.vlan.min}-{rule.vlan.max} of rule {rule.name}"
+    if rule.asn is not None and vif.customer_asn not in rule.asn:
+        return "asn", f"asn {vif.customer_asn} is not in rule {rule.name}'s asn list"
+    if rule.vif_name is not None and not fnmatchcase(vif.name, rule.vif_name):
+        return "vif_name", f"name {vif.name!r} does not match {rule.vif_name!r} of rule {rule.name}"
+    return None
+
+
+def matching_rule(vif: VirtualInterface, policy: Policy, target: Target | None = None) -> Rule | None:
+    """The first rule that matches, in document order."""
+    return next((r for r in policy.rules if mismatch(r, vif, target) is None), None)
+
+
+def decide(vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None, policy: Policy,
+           target: Target | None = None) -> Decision:
+    """Confirm, ask, reject, ignore, or nothing for one VIF. Never confirms without a rule."""
+    if vif.state != CONFIRMING:
+        return NoAction(reason=f"state is {vif.state}, not confirming")
+    if target is not None and target.account_id and vif.owner_account != target.account_id:
+        return NoAction(reason=f"allocated to account {vif.owner_account}; only that account can confirm it")
+
+    rule = matching_rule(vif, policy, target)
+    if rule is None:
+        return _default(vif, policy, target)
+    if rule.action == "reject":
+        return Reject(rule=rule.name, reason=f"rule {rule.name} rejects it")
+    if rule.action == "ask":
+        return Ask(rule=rule.name, reason=f"rule {rule.name} asks a person to decide")
+
+    gateway = (gateways or {}).get(rule.gateway)
+    if gateway is None:
+        return Ask(rule=rule.name, reason=(
+            f"rule {rule.name} would confirm it with {rule.gateway}, but account "
+            f"{vif.owner_account} has no such virtual gateway"))
+    if not gateway.available:
+        return Ask(rule=rule.name, reason=(
+            f"rule {rule.name} would confirm it with {rule.gateway}, but that gateway is "
+            f"{gateway.virtual_gateway_state}, not available"))
+    return Confirm(rule=rule.name, gateway=rule.gateway,
+                   reason=f"rule {rule.name} trusts account {vif.owner_account}")
+
+
+def _default(vif: VirtualInterface, policy: Policy, target: Target | None) -> Decision:
+    # A near miss (right account, wrong vlan...) is what a person most needs to read.
+    misses = (mismatch(rule, vif, target) for rule in policy.rules)
+    near_misses = [why for field, why in filter(None, misses) if field not in ("target", "account")]
+    why = near_misses[0] if near_misses else f"no rule matches account {vif.owner_account}"
+    match policy.default_action:
+        case "ignore":
+            return Ignore(reason=f"{why}; default_action is ignore")
+        case "reject":
+            return Reject(reason=f"{why}; default_action is reject")
+        case _:
+            return Ask(reason=why)

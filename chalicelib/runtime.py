@@ -1,0 +1,121 @@
+"""Settings from the environment, the policy document, and lazily built clients.
+
+Lambda and the CLI both build a Runtime; tests hand in their own clock and clients.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+import boto3
+
+from .config import ConfigError, Policy, parse_policy
+from .directlink import CLIENT_CONFIG, DirectLinkClients
+from .ledger import Ledger
+
+SSM_PREFIX = "ssm:"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    config_source: str
+    table_name: str = "vifgate-ledger"
+    dry_run: bool = False
+    max_workers: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        source = env.get("VIFGATE_CONFIG", "").strip()
+        if not source:
+            raise ConfigError("VIFGATE_CONFIG", ["VIFGATE_CONFIG is not set: give a file path or ssm:/parameter/name"])
+        workers = env.get("VIFGATE_MAX_WORKERS", "8")
+        if not workers.isdigit() or not 1 <= int(workers) <= 64:
+            raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
+        return cls(config_source=source, table_name=env.get("VIFGATE_TABLE", cls.table_name),
+                   dry_run=_flag(env.get("VIFGATE_DRY_RUN")), max_workers=int(workers))
+
+
+def read_config_text(source: str) -> str:
+    """The policy document's text from a local file or an SSM parameter (`ssm:/name`)."""
+    if source.startswith(SSM_PREFIX):
+        from aws_lambda_powertools.utilities import parameters
+
+        name = source.removeprefix(SSM_PREFIX)
+        try:
+            # Cached for a minute: a warm Lambda does not read SSM every cycle.
+            return parameters.get_parameter(name, decrypt=True, max_age=60)
+        except parameters.exceptions.GetParameterError as exc:
+            raise ConfigError(source, [f"cannot read SSM parameter {name}: {exc}"]) from None
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read {source}: {exc.strerror}"]) from None
+
+
+def load_policy(source: str) -> Policy:
+    return parse_policy(read_config_text(source), source)
+
+
+class Runtime:
+    """Everything a cycle needs; clients are built on first use and reused while warm."""
+
+    def __init__(self, settings: Settings, *, policy: Policy | None = None,
+                 clock: Callable[[], datetime] = utc_now, session: boto3.Session | None = None,
+                 directlink: DirectLinkClients | None = None, dynamodb=None):
+        self.settings = settings
+        self.clock = clock
+        self._policy = policy
+        self._session = session
+        self._directlink = directlink
+        self._dynamodb = dynamodb
+        self._lock = threading.Lock()
+
+    @property
+    def policy(self) -> Policy:
+        """The validated policy; ConfigError when it is invalid (callers then confirm nothing)."""
+        return self._policy if self._policy is not None else load_policy(self.settings.config_source)
+
+    @cached_property
+    def session(self) -> boto3.Session:
+        return self._session or boto3.Session()
+
+    @cached_property
+    def directlink(self) -> DirectLinkClients:
+        return self._directlink or DirectLinkClients(base_session=lambda: self.session)
+
+    def warm(self, *, ledger: bool) -> None:
+        """Build the shared clients once, before worker threads race to build them."""
+        _ = self.directlink
+        if ledger:
+            _ = self.ledger
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        client = self._dynamodb or self.session.client("dynamodb", config=CLIENT_CONFIG)
+        return Ledger(client, self.settings.table_name)
+
+
+_cached: tuple[Settings, Runtime] | None = None
+
+
+def get(env: Mapping[str, str] = os.environ) -> Runtime:
+    """The Lambda's runtime, rebuilt only when its settings change between invocations."""
+    global _cached
+    settings = Settings.from_env(env)
+    if _cached is None or _cached[0] != settings:
+        _cached = (settings, Runtime(settings))
+    return _cached[1]
