@@ -1,5 +1,6 @@
 # Two commands for a new machine: `make demo` and `make test`. Both set up .venv first.
 SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -9,6 +10,9 @@ STAMP := $(VENV)/.installed
 FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 	  if command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
 	    command -v $$p; break; fi; done
+
+# This machine's pip config lists local mirror folders that do not exist; pip warns about each.
+QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
 .PHONY: help setup demo test sandbox check clean
 
@@ -26,8 +30,8 @@ $(STAMP): pyproject.toml requirements.txt
 	  exit 1; fi; \
 	echo "Setting up $(VENV) with $$py ($$($$py --version))"; \
 	rm -rf $(VENV) && $$py -m venv $(VENV) && \
-	$(PY) -m pip install --quiet --upgrade pip && \
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade pip 2>&1 | $(QUIET_PIP) && \
+	$(PY) -m pip install --quiet -e '.[dev]' 2>&1 | $(QUIET_PIP)
 	@touch $@
 
 setup: $(STAMP)

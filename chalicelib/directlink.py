@@ -20,7 +20,7 @@ from .models import VirtualGateway, VirtualInterface, parse_gateways, parse_vifs
 # fewer error codes, so the mode is set explicitly. The count bounds how long one target can stall.
 MAX_ATTEMPTS = 5
 CLIENT_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+    retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
     connect_timeout=5,
     read_timeout=20,
     user_agent_extra="vif-gatekeeper",

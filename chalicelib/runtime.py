@@ -38,7 +38,8 @@ class Settings:
     max_workers: int = 8
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env  # looked up per call: chalice's test Client swaps it
         source = env.get("VIFGATE_CONFIG", "").strip()
         if not source:
             raise ConfigError("VIFGATE_CONFIG", ["VIFGATE_CONFIG is not set: give a file path or ssm:/parameter/name"])
@@ -112,7 +113,7 @@ class Runtime:
 _cached: tuple[Settings, Runtime] | None = None
 
 
-def get(env: Mapping[str, str] = os.environ) -> Runtime:
+def get(env: Mapping[str, str] | None = None) -> Runtime:
     """The Lambda's runtime, rebuilt only when its settings change between invocations."""
     global _cached
     settings = Settings.from_env(env)

@@ -1,0 +1,90 @@
+"""Shared fixtures: no test reaches a real cloud; AWS is moto, DirectLink is the sandbox on loopback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+from moto import mock_aws
+
+from chalicelib import runtime
+from sandbox import DirectLinkSandbox, SandboxClock, scenario
+from sandbox.local import provision
+
+REGION = "eu-west-2"
+TABLE = "vifgate-test-ledger"
+
+
+@pytest.fixture(autouse=True)
+def isolated_aws_env(monkeypatch, tmp_path):
+    """Fake keys, a fixed region, and nothing from the host's AWS configuration."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "VIFGATE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    # Warm-Lambda caches would otherwise carry one test's clients and parameters into the next.
+    runtime._cached = None
+    parameters.clear_caches()
+    parameters.base.DEFAULT_PROVIDERS.clear()
+    yield
+
+
+@pytest.fixture
+def clock() -> SandboxClock:
+    return SandboxClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def directlink(clock, monkeypatch):
+    """The seeded scenario on a fresh sandbox; AWS_ENDPOINT_URL_DIRECT_CONNECT points at it."""
+    sb = DirectLinkSandbox(flavor="outscale", region=REGION, clock=clock)
+    sb.world = scenario.seed(sb)
+    sb.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DIRECT_CONNECT", sb.url)
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def aws():
+    """In-process moto with the ledger table and the targets' credential secrets."""
+    with mock_aws():
+        provision(boto3.client("dynamodb"), boto3.client("secretsmanager"), TABLE)
+        yield
+
+
+def confirm_calls(sb: DirectLinkSandbox) -> list[str]:
+    """Every ConfirmPrivateVirtualInterface request that reached the sandbox, refused or not."""
+    return [op for op, _account in sb.calls if op == "ConfirmPrivateVirtualInterface"]
+
+
+class SerializedClient:
+    """A boto3 client whose calls run one at a time.
+
+    DynamoDB evaluates a condition and writes an item atomically; moto does not under threads.
+    Serializing the calls gives the tests DynamoDB's guarantee, not a stronger one.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return call
