@@ -94,7 +94,8 @@ def provision(dynamodb, secretsmanager, table: str) -> None:
 
 def serve(port: int = 4566, aws_port: int = 5005) -> int:
     """`vifgate sandbox`: run until Ctrl-C, after printing the export lines."""
-    with LocalCloud(port=port, aws_port=aws_port, workdir=Path(tempfile.mkdtemp(prefix="vifgate-"))) as cloud:
+    clock = SandboxClock(ticking=True)  # time passes: confirmed VIFs come up on their own
+    with LocalCloud(port=port, aws_port=aws_port, clock=clock) as cloud:
         print("# VIF Gatekeeper sandbox is up (loopback only). In another shell:")
         for name, value in cloud.env().items():
             print(f"export {name}={value}")

@@ -12,6 +12,7 @@ from chalice.test import Client
 from app import app
 from chalicelib import reconcile
 from chalicelib.config import ConfigError
+from chalicelib.log import logger
 from chalicelib.runtime import Runtime, Settings, load_policy
 from sandbox import scenario
 from tests.conftest import TABLE, SerializedClient, confirm_calls
@@ -62,6 +63,8 @@ def test_allowlisted_vifs_are_confirmed_once_and_the_rest_are_not(stage_world):
         expected = "pending" if name in TRUSTED else "confirming"
         assert sb.vif(vif_id)["virtualInterfaceState"] == expected
     assert len(confirm_calls(sb)) == 2
+    # DescribeVirtualGateways only where a rule would confirm: never for the lab account.
+    assert {acct for op, acct in sb.calls if op == "DescribeVirtualGateways"} == {scenario.PROD, scenario.STAGING}
     prod_app = sb.world.vif_ids["prod-app"]
     assert sb.vif(prod_app)["virtualGatewayId"] == scenario.PROD_GATEWAY
 
@@ -163,3 +166,15 @@ def test_health_route():
     with Client(app) as client:
         response = client.http.get("/health")
     assert response.status_code == 200 and response.json_body == {"ok": True}
+
+
+def test_lambda_logs_carry_decisions_but_no_auth_key(stage_world, capsys):
+    sb = stage_world
+    logger.setLevel("INFO")
+    invoke_poll("prod")
+    logs = capsys.readouterr()
+    lines = [json.loads(line) for line in logs.err.splitlines() if line.startswith("{")]
+    decided = [line for line in lines if line["message"] == "vif decided"]
+    assert len(decided) == 5 and {"vif_id", "target", "action", "reason", "function_name"} <= set(decided[0])
+    for vif_id in sb.world.vif_ids.values():
+        assert sb.vif(vif_id)["authKey"] not in logs.out + logs.err

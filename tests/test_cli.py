@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +148,38 @@ def test_demo_tells_the_story(capsys):
     assert "but that gateway is pending, not available" in out
     assert f"no rule matches account {scenario.LAB}" in out
     assert "Confirm calls sent to DirectLink: 3" in out
+
+
+def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
+    """What a user does by hand: start `vifgate sandbox`, paste its exports, run commands, Ctrl-C."""
+    root = Path(__file__).resolve().parent.parent
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIFGATE_"))}
+    clean |= {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+    server = subprocess.Popen([sys.executable, "-m", "chalicelib.cli", "sandbox", "--port", "0", "--aws-port", "0"],
+                              cwd=root, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        exports = {}
+        for line in server.stdout:  # the server flushes everything once it is ready
+            if line.startswith("export "):
+                name, value = line.removeprefix("export ").strip().split("=", 1)
+                exports[name] = value
+            if line.startswith("# Ctrl-C"):
+                break
+        assert exports["AWS_ENDPOINT_URL_DIRECT_CONNECT"].startswith("http://127.0.0.1:")
+        assert exports["AWS_ENDPOINT_URL_DYNAMODB"].startswith("http://127.0.0.1:")
+        env = clean | exports
+        poll = subprocess.run([sys.executable, "-m", "chalicelib.cli", "poll", "--json"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert poll.returncode == 0, poll.stderr
+        actions = sorted(json.loads(line)["action"] for line in poll.stdout.splitlines())
+        assert actions == ["ask", "ask", "ask", "confirmed", "confirmed"]
+        cli = subprocess.run([str(Path(sys.executable).parent / "aws"), "directconnect",
+                              "describe-virtual-interfaces", "--output", "json"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        states = sorted(v["virtualInterfaceState"] for v in json.loads(cli.stdout)["virtualInterfaces"])
+        assert states == ["confirming", "pending", "pending"]  # what osc-prod sees after the poll
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=20)
+    assert server.returncode == 0 and "sandbox stopped" in err

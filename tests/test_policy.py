@@ -1,5 +1,7 @@
 """decide() is pure: tables of VIFs against one policy."""
 
+import json
+
 import pytest
 
 from chalicelib.config import parse_policy
@@ -130,3 +132,6 @@ def test_unknown_fields_and_nulls_from_either_cloud_parse():
                    directConnectGatewayId=None, amazonSideAsn=None, someFutureField={"x": 1})
     assert outscale.state == "confirming" and outscale.amazon_side_asn is None
     assert "authKey" not in outscale.snapshot() and "bgp-secret" not in repr(outscale)
+    # AWS repeats the key inside customerRouterConfig once the VIF is up; that field is not kept.
+    aws = vif(state="available", customerRouterConfig="neighbor 169.254.0.1 password bgp-secret")
+    assert "bgp-secret" not in json.dumps(aws.snapshot()) + repr(aws)
