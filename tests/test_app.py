@@ -115,16 +115,6 @@ def test_a_failing_target_does_not_block_the_others(stage_world):
     assert all(sb.confirm_count(sb.world.vif_ids[n]) == 1 for n in TRUSTED)
 
 
-def test_throttling_and_server_errors_are_retried_in_standard_mode(stage_world):
-    sb = stage_world
-    sb.set_faults(throttle_rate=0.3, error_rate=0.1)
-    summary = invoke_poll("prod")
-    assert summary["targets_failed"] == []
-    assert summary["actions"] == {"confirmed": 2, "ask": 3}
-    assert sum(sb.fault_counts.values()) > 0, "the faults were injected and retried"
-    assert len(confirm_calls(sb)) >= 2 and all(sb.confirm_count(sb.world.vif_ids[n]) == 1 for n in TRUSTED)
-
-
 def test_a_target_failing_past_retries_is_reported(stage_world):
     sb = stage_world
     sb.set_faults(error_rate=1.0)

@@ -1,0 +1,172 @@
+"""The poll cycle and its ledger, on the sandbox clock: deadlines, certainty, claims, rejects, reads."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+
+from chalicelib import reconcile
+from chalicelib.config import parse_policy
+from chalicelib.ledger import CLAIM_TTL, ClaimLost, Ledger, VifRecord, iso
+from chalicelib.runtime import Runtime, Settings
+from sandbox import scenario
+from tests.conftest import TABLE, confirm_calls
+
+
+class CountingClient:
+    """Counts the calls made through a boto3 client, by operation."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, Counter()
+
+    def __getattr__(self, name):
+        attr = getattr(self._client, name)
+        if callable(attr):
+            self.calls[name] += 1
+        return attr
+
+
+@pytest.fixture
+def cycle(aws, directlink, tmp_path):
+    """A function that runs one cycle on the scenario, on the sandbox's clock, with a given policy text."""
+    dynamodb = CountingClient(boto3.client("dynamodb"))
+
+    def run(config: str = scenario.CONFIG, workers: int = 8, **options):
+        settings = Settings(config_source="test", table_name=TABLE, max_workers=workers)
+        runtime = Runtime(settings, policy=parse_policy(config), clock=directlink.clock, dynamodb=dynamodb)
+        return reconcile.run_cycle(runtime, **options)
+
+    run.dynamodb = dynamodb
+    return run
+
+
+def records(target: str):
+    return Ledger(boto3.client("dynamodb"), TABLE).load(target)
+
+
+def by_name(report):
+    return {o.virtualInterfaceName: o for o in report.outcomes}
+
+
+def test_deadline_is_uncertain_at_the_first_poll_and_certain_for_later_arrivals(cycle, directlink):
+    first_poll = directlink.clock.now()
+    first = by_name(cycle())
+    assert first["prod-legacy"].deadline == iso(first_poll + timedelta(days=7))
+    assert first["prod-legacy"].deadlineCertain is False
+
+    directlink.clock.advance(timedelta(minutes=1))
+    late = scenario.allocate_late_arrival(directlink, directlink.world)
+    second = by_name(cycle())
+    assert second["prod-cache"].deadline == iso(directlink.clock.now() + timedelta(days=7))
+    assert second["prod-cache"].deadlineCertain is True
+    assert second["prod-legacy"].deadline == first["prod-legacy"].deadline, "kept from the first sighting"
+    assert records("osc-prod").vifs[late].deadline_certain is True
+
+
+def test_after_a_long_gap_a_new_vif_deadline_is_uncertain(cycle, directlink):
+    cycle()
+    directlink.clock.advance(timedelta(hours=6))  # the poller was down for hours
+    scenario.allocate_late_arrival(directlink, directlink.world)
+    assert by_name(cycle())["prod-cache"].deadlineCertain is False
+
+
+def test_state_since_and_gone_are_recorded(cycle, directlink):
+    cycle()
+    prod_app = directlink.world.vif_ids["prod-app"]
+    confirmed_at = records("osc-prod").vifs[prod_app].state_since
+    directlink.clock.advance(timedelta(minutes=5))  # pending -> available after 60 s
+    cycle()
+    record = records("osc-prod").vifs[prod_app]
+    assert record.state == "available" and record.state_since == iso(directlink.clock.now())
+    assert record.state_since > confirmed_at and record.confirmed_at == confirmed_at
+
+    directlink.clock.advance(timedelta(days=8))  # unconfirmed VIFs expire
+    report = by_name(cycle())
+    assert report["prod-legacy"].state == "expired" and report["prod-legacy"].action == "none"
+
+
+def test_throttling_and_server_errors_are_retried_in_standard_mode(cycle, directlink):
+    # One worker keeps the order of requests, and so the seeded faults, the same on every run.
+    directlink.set_faults(throttle_rate=0.3, error_rate=0.3)
+    report = cycle(workers=1)
+    assert report.failures == []
+    assert report.counts() == {"confirmed": 2, "ask": 3}
+    assert directlink.fault_counts["throttled"] > 0 and directlink.fault_counts["failed"] > 0
+    assert all(directlink.confirm_count(directlink.world.vif_ids[n]) == 1 for n in ("prod-app", "prod-db"))
+
+
+def test_one_query_per_target_per_cycle(cycle):
+    cycle()
+    assert cycle.dynamodb.calls["query"] == len(scenario.TARGETS)
+    assert cycle.dynamodb.calls["get_item"] == 0 and cycle.dynamodb.calls["batch_get_item"] == 0
+
+
+def test_a_reject_rule_rejects_the_vif(cycle, directlink):
+    config = scenario.CONFIG.replace("default_action: ask", "default_action: reject")
+    report = by_name(cycle(config))
+    assert report["lab-bench"].action == "rejected"
+    assert directlink.vif(directlink.world.vif_ids["lab-bench"])["virtualInterfaceState"] == "rejected"
+    assert report["prod-app"].action == "confirmed"
+
+
+def test_dry_run_reject_is_only_reported(cycle, directlink):
+    config = scenario.CONFIG.replace("default_action: ask", "default_action: reject")
+    report = by_name(cycle(config, dry_run=True))
+    assert report["lab-bench"].action == "would_reject"
+    assert directlink.vif(directlink.world.vif_ids["lab-bench"])["virtualInterfaceState"] == "confirming"
+    assert [op for op, _ in directlink.calls if op.startswith(("Confirm", "Delete"))] == []
+
+
+def test_a_refused_confirm_is_failed_and_retried_next_cycle(aws, directlink, monkeypatch):
+    """The gateway is deleted between DescribeVirtualGateways and Confirm: the API refuses."""
+    from chalicelib.directlink import DirectLinkApi
+
+    listed = DirectLinkApi.describe_virtual_gateways
+
+    def list_then_delete(api):
+        answer = listed(api)
+        if api.target.name == "osc-prod":  # other targets list their gateways concurrently
+            directlink.set_gateway_state(scenario.PROD_GATEWAY, "deleting")
+        return answer
+
+    settings = Settings(config_source="test", table_name=TABLE)
+    runtime = Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock)
+    with monkeypatch.context() as patch:
+        patch.setattr(DirectLinkApi, "describe_virtual_gateways", list_then_delete)
+        refused = by_name(reconcile.run_cycle(runtime))
+    assert refused["prod-app"].action == "failed", refused["prod-app"].reason
+    assert refused["prod-app"].reason.startswith(
+        "confirm_private_virtual_interface on osc-prod failed: DirectConnectClientException: ")
+    assert "deleting" in refused["prod-app"].reason
+
+    directlink.set_gateway_state(scenario.PROD_GATEWAY, "available")  # recreated
+    assert by_name(reconcile.run_cycle(runtime))["prod-app"].action == "confirmed", "the claim was released"
+    assert len(confirm_calls(directlink)) == 4  # two refused, then two accepted
+
+
+def test_claims(aws):
+    ledger = Ledger(boto3.client("dynamodb"), TABLE)
+    now = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+    record = VifRecord(target="t", vif_id="dxvif-1", first_seen_at=iso(now), state="confirming", state_since=iso(now))
+    with pytest.raises(ClaimLost):
+        ledger.claim("t", "dxvif-1", "a", now)  # no record yet: nothing to claim
+    ledger.save(record)
+    ledger.claim("t", "dxvif-1", "a", now)
+    with pytest.raises(ClaimLost):
+        ledger.claim("t", "dxvif-1", "b", now + timedelta(seconds=1))
+    ledger.release("t", "dxvif-1", "b")  # not b's claim: stays
+    with pytest.raises(ClaimLost):
+        ledger.claim("t", "dxvif-1", "b", now + timedelta(seconds=2))
+    ledger.claim("t", "dxvif-1", "b", now + CLAIM_TTL + timedelta(seconds=1))  # a died: its claim expired
+    ledger.release("t", "dxvif-1", "b")
+    ledger.claim("t", "dxvif-1", "c", now)
+    record.confirmed_at = iso(now)
+    ledger.save(record)
+    with pytest.raises(ClaimLost):
+        ledger.claim("t", "dxvif-1", "d", now + timedelta(days=1))  # confirmed once, forever
+    stale = VifRecord(target="t", vif_id="dxvif-1", first_seen_at=iso(now), state="pending", state_since=iso(now))
+    ledger.save(stale)  # an older copy without confirmed_at must not erase it
+    assert ledger.load("t").vifs["dxvif-1"].confirmed_at == iso(now)
