@@ -19,7 +19,8 @@ EXIT_OK, EXIT_TARGET_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # The CLI prints outcomes and failures itself; the JSON log lines are for -v.
+    logger.setLevel(logging.INFO if args.verbose else logging.CRITICAL)
     return args.func(args)
 
 

@@ -96,10 +96,20 @@ def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = T
             report.failures.append(TargetFailure(name, exc.code, str(exc)))
             logger.error("target failed", extra={"target": name, "error_code": exc.code, "error": str(exc)})
         except (ClientError, BotoCoreError) as exc:  # the ledger itself failed for this target
-            report.failures.append(TargetFailure(name, type(exc).__name__, f"ledger: {exc}"))
-            logger.error("ledger failed", extra={"target": name, "error": str(exc)})
+            failure = _ledger_failure(name, runtime.settings.table_name, exc)
+            report.failures.append(failure)
+            logger.error("ledger failed", extra={"target": name, "error": failure.message})
     logger.info("cycle done", extra=report.summary())
     return report
+
+
+def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
+    code = exc.response["Error"]["Code"] if isinstance(exc, ClientError) else type(exc).__name__
+    message = f"ledger table {table}: {exc}"
+    if code == "ResourceNotFoundException":
+        message = (f"ledger table {table} does not exist in this account/region (deploy infra/template.json, "
+                   "set VIFGATE_TABLE, or run `vifgate sandbox` for a local one)")
+    return TargetFailure(target, code, message)
 
 
 def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str, dry_run: bool,

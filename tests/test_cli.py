@@ -183,3 +183,11 @@ def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=20)
     assert server.returncode == 0 and "sandbox stopped" in err
+
+
+def test_a_missing_ledger_table_is_explained(cloud, capsys):
+    code, out, _ = run(capsys, "poll", "--table", "no-such-table")
+    assert code == 1
+    assert ("FAILED osc-prod: ledger table no-such-table does not exist in this account/region "
+            "(deploy infra/template.json, set VIFGATE_TABLE, or run `vifgate sandbox` for a local one)") in out
+    assert confirm_calls(cloud.directlink) == []
