@@ -147,6 +147,53 @@ class Rule(_Doc):
         return self
 
 
+class SecretRef(_Doc):
+    """Where a secret lives: a Secrets Manager secret or an SSM SecureString, never the value itself."""
+
+    secret_id: str | None = None
+    parameter: str | None = None
+    key: str | None = Field(default=None, description="the field to read when the secret is a JSON object")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.secret_id is None) == (self.parameter is None):
+            raise ValueError("give exactly one of secret_id or parameter")
+        return self
+
+
+class Destination(_Doc):
+    """A chat room or endpoint that people follow; `events` are globs on the event type."""
+
+    name: Name
+    kind: Literal["slack", "mattermost", "teams", "webhook"]
+    url: SecretRef | None = Field(default=None, description="incoming webhook URL (a secret: it grants posting)")
+    token: SecretRef | None = Field(default=None, description="Slack bot token, with channel, instead of url")
+    channel: str | None = None
+    signing_secret: SecretRef | None = Field(default=None, description="webhook: the HMAC key receivers verify with")
+    events: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Destination:
+        if self.kind == "slack" and (self.url is None) == (self.token is None):
+            raise ValueError("slack needs exactly one of url (incoming webhook) or token (bot) ")
+        if self.token is not None and (self.kind != "slack" or not self.channel):
+            raise ValueError("token is for kind slack and needs a channel")
+        if self.kind != "slack" and self.url is None:
+            raise ValueError(f"kind {self.kind} needs a url")
+        if (self.kind == "webhook") != (self.signing_secret is not None):
+            raise ValueError("signing_secret is required for kind webhook, and only for it")
+        return self
+
+
+class Chat(_Doc):
+    destinations: list[Destination] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Chat:
+        _unique("chat.destinations", [d.name for d in self.destinations])
+        return self
+
+
 def _default_alerts() -> list[timedelta]:
     return [timedelta(hours=72), timedelta(hours=24), timedelta(hours=4)]
 
@@ -156,6 +203,8 @@ class Policy(_Doc):
     rules: list[Rule] = Field(default_factory=list)
     default_action: Literal["ask", "ignore", "reject"] = "ask"
     expiry_alerts: list[Duration] = Field(default_factory=_default_alerts)
+    stuck_pending_after: Duration = timedelta(minutes=30)
+    chat: Chat = Field(default_factory=Chat)
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -215,6 +264,6 @@ def _describe(error: dict[str, Any]) -> str:
     elif error["type"] not in ("value_error", "missing") and "input" in error:
         message += f" (got {error['input']!r})"
     # Errors raised by a model validator carry their own path inside the message.
-    if message.startswith(("rules[", "targets[")) or not path:
+    if message.startswith(("rules[", "targets[", "chat.")) or not path:
         return message
     return f"{path}: {message}"

@@ -1,11 +1,17 @@
-"""What the gatekeeper remembers about each VIF, in DynamoDB: one item per (target, VIF).
+"""What the gatekeeper remembers, in one DynamoDB table keyed (target, vif_id).
 
-The table's key is (target, vif_id), so one Query reads a whole target's records per cycle.
-A per-target item (vif_id = "#target") remembers when the target was last polled.
+- one item per (target, VIF): one Query reads a whole target's records per cycle;
+- a per-target item (vif_id = "#target"): when it was last polled, whether it is failing;
+- the outbox (target = "#outbox"): events written in the same transaction as the transition
+  they describe, deleted only once SQS has accepted them;
+- delivery marks (target = "#delivered"): which chat destination already got which event.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,12 +20,15 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from .events import to_json
+
 EXPIRY = timedelta(days=7)
-# A VIF first seen in `confirming` is known to be at most one poll old only if the previous poll
-# was recent; after a longer gap (or at the first poll) its deadline may be earlier than we think.
-CERTAINTY_WINDOW = timedelta(minutes=15)
 CLAIM_TTL = timedelta(minutes=5)
 TARGET_ITEM = "#target"
+OUTBOX = "#outbox"
+DELIVERED = "#delivered"
+DELIVERY_MEMORY = timedelta(days=14)  # TTL of delivery marks; SQS keeps a message 4 days by default
+_sequence = itertools.count()
 
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
@@ -58,6 +67,9 @@ class VifRecord:
     gateway: str | None = None
     confirmed_at: str | None = None
     gone_at: str | None = None
+    approval_requested_at: str | None = None
+    alerts_sent: list[str] = field(default_factory=list)
+    stuck_reported_at: str | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -72,6 +84,16 @@ class TargetRecords:
     target: str
     vifs: dict[str, VifRecord]
     last_polled_at: datetime | None
+    failing_since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    sort_key: str
+    event_id: str
+    group: str
+    type: str
+    body: str
 
 
 class ClaimLost(Exception):
@@ -86,40 +108,99 @@ class Ledger:
     def load(self, target: str) -> TargetRecords:
         """All records of one target, in as few Query pages as DynamoDB allows."""
         vifs: dict[str, VifRecord] = {}
-        last_polled_at = None
+        status: dict[str, Any] = {}
         params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "target = :t",
                                   "ExpressionAttributeValues": {":t": {"S": target}}, "ConsistentRead": True}
         while True:
             page = self.client.query(**params)
             for item in page["Items"]:
                 if item["vif_id"]["S"] == TARGET_ITEM:
-                    last_polled_at = parse_iso(item.get("last_polled_at", {}).get("S"))
+                    status = item
                 else:
                     record = VifRecord.from_item(item)
                     vifs[record.vif_id] = record
             if "LastEvaluatedKey" not in page:
-                return TargetRecords(target, vifs, last_polled_at)
+                return TargetRecords(target, vifs, parse_iso(status.get("last_polled_at", {}).get("S")),
+                                     parse_iso(status.get("failing_since", {}).get("S")))
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def save(self, record: VifRecord) -> None:
-        """Write what was observed and decided, leaving claim attributes alone.
+    def failing_since(self, target: str) -> datetime | None:
+        item = self.client.get_item(TableName=self.table, ConsistentRead=True,
+                                    Key={"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}}).get("Item", {})
+        return parse_iso(item.get("failing_since", {}).get("S"))
+
+    def save(self, record: VifRecord, events: Iterable = ()) -> None:
+        """Write what was observed and decided, and its events, in one transaction.
 
         An update, not a put: a poller holding an older copy must not erase another poller's
         claim or its confirmed_at. None is written as NULL except confirmed_at, which is set once.
         """
         names = [f.name for f in fields(record) if f.name not in ("target", "vif_id")]
         names = [n for n in names if not (n == "confirmed_at" and record.confirmed_at is None)]
-        self.client.update_item(
-            TableName=self.table,
-            Key={"target": {"S": record.target}, "vif_id": {"S": record.vif_id}},
-            UpdateExpression="SET " + ", ".join(f"#{n} = :{n}" for n in names),
-            ExpressionAttributeNames={f"#{n}": n for n in names},
-            ExpressionAttributeValues={f":{n}": _ser.serialize(getattr(record, n)) for n in names},
-        )
+        update = {
+            "TableName": self.table,
+            "Key": {"target": {"S": record.target}, "vif_id": {"S": record.vif_id}},
+            "UpdateExpression": "SET " + ", ".join(f"#{n} = :{n}" for n in names),
+            "ExpressionAttributeNames": {f"#{n}": n for n in names},
+            "ExpressionAttributeValues": {f":{n}": _ser.serialize(getattr(record, n)) for n in names},
+        }
+        self._write(update, events)
 
-    def mark_polled(self, target: str, at: datetime) -> None:
+    def _write(self, update: dict[str, Any], events: Iterable) -> None:
+        """One update, plus its events in the outbox, all or nothing."""
+        puts = [{"Put": {"TableName": self.table, "Item": _outbox_item(e)}} for e in events]
+        if not puts:
+            self.client.update_item(**update)
+            return
+        self.client.transact_write_items(TransactItems=[{"Update": update}, *puts])
+
+    def mark_polled(self, target: str, at: datetime, events: Iterable = ()) -> None:
+        """The target answered: remember when, and end any failing spell (with its events)."""
+        self._write({"TableName": self.table, "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
+                     "UpdateExpression": "SET last_polled_at = :at REMOVE failing_since",
+                     "ExpressionAttributeValues": {":at": {"S": iso(at)}}}, events)
+
+    def mark_failing(self, target: str, since: datetime, events: Iterable = ()) -> None:
+        self._write({"TableName": self.table, "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
+                     "UpdateExpression": "SET failing_since = if_not_exists(failing_since, :since)",
+                     "ExpressionAttributeValues": {":since": {"S": iso(since)}}}, events)
+
+    def pending_events(self, limit: int = 1000) -> list[OutboxItem]:
+        """Events not yet accepted by SQS, oldest first."""
+        items: list[OutboxItem] = []
+        params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "target = :t",
+                                  "ExpressionAttributeValues": {":t": {"S": OUTBOX}}, "ConsistentRead": True}
+        while len(items) < limit:
+            page = self.client.query(**params)
+            items += [OutboxItem(i["vif_id"]["S"], i["event_id"]["S"], i["group"]["S"], i["type"]["S"], i["body"]["S"])
+                      for i in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                break
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return items[:limit]
+
+    def delete_events(self, sort_keys: list[str]) -> None:
+        """Drop events SQS has accepted (25 per BatchWriteItem, retrying what DynamoDB left)."""
+        for start in range(0, len(sort_keys), 25):
+            requests = [{"DeleteRequest": {"Key": {"target": {"S": OUTBOX}, "vif_id": {"S": k}}}}
+                        for k in sort_keys[start:start + 25]]
+            for attempt in range(5):
+                left = self.client.batch_write_item(RequestItems={self.table: requests}).get("UnprocessedItems", {})
+                requests = left.get(self.table, [])
+                if not requests:
+                    break
+                time.sleep(0.05 * 2 ** attempt)
+            # What is still left is sent again next cycle; its deduplication id makes that harmless.
+
+    def delivered(self, event_id: str, destination: str) -> bool:
+        key = {"target": {"S": DELIVERED}, "vif_id": {"S": f"{event_id}#{destination}"}}
+        return "Item" in self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)
+
+    def mark_delivered(self, event_id: str, destination: str, now: datetime, outcome: str = "sent") -> None:
         self.client.put_item(TableName=self.table, Item={
-            "target": {"S": target}, "vif_id": {"S": TARGET_ITEM}, "last_polled_at": {"S": iso(at)}})
+            "target": {"S": DELIVERED}, "vif_id": {"S": f"{event_id}#{destination}"},
+            "outcome": {"S": outcome}, "at": {"S": iso(now)},
+            "expires_at": {"N": str(int((now + DELIVERY_MEMORY).timestamp()))}})
 
     def claim(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
         """Claim the right to confirm (or reject) a VIF; raises ClaimLost if someone holds it.
@@ -154,6 +235,13 @@ class Ledger:
                 raise
 
 
+def _outbox_item(event) -> dict[str, Any]:
+    """The sort key keeps creation order: a VIF's events leave in the order they happened."""
+    sort_key = f"{time.time_ns():020d}-{next(_sequence):09d}-{event.id}"
+    return {"target": {"S": OUTBOX}, "vif_id": {"S": sort_key}, "event_id": {"S": event.id},
+            "group": {"S": event.subject}, "type": {"S": event.type}, "body": {"S": to_json(event)}}
+
+
 def table_definition(name: str) -> dict[str, Any]:
     """CreateTable arguments; infra/template.json declares the same table for deployment."""
     return {
@@ -174,3 +262,7 @@ def create_table(client, name: str) -> None:
         if exc.response["Error"]["Code"] != "ResourceInUseException":
             raise
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # delivery marks expire by themselves
+        client.update_time_to_live(TableName=name,
+                                   TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})

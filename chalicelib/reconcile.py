@@ -1,4 +1,8 @@
-"""One poll cycle: every target at once, decide each VIF, confirm what the policy trusts, remember."""
+"""One poll cycle: every target at once, decide each VIF, confirm what the policy trusts, remember.
+
+Every transition is written with its events in one ledger transaction (the outbox); the events
+leave for SQS at the end of the cycle, and whatever SQS refuses leaves with the next one.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from datetime import datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import events, publish, transitions
 from .config import Policy, Target
 from .directlink import DirectLinkApi, TargetError
-from .ledger import CERTAINTY_WINDOW, EXPIRY, ClaimLost, TargetRecords, VifRecord, iso
+from .ledger import ClaimLost, TargetRecords, iso
 from .log import logger
 from .models import CONFIRMING, VirtualInterface
-from .policy import Confirm, Decision, Reject, decide, matching_rule
+from .policy import Ask, Confirm, Decision, Reject, decide, matching_rule
 from .runtime import Runtime
 
 # What happened to a VIF in this cycle, as `vifgate poll --json` reports it.
@@ -59,6 +64,8 @@ class CycleReport:
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[TargetFailure] = field(default_factory=list)
     targets_ok: list[str] = field(default_factory=list)
+    events: list = field(default_factory=list)
+    delivery: publish.FlushReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -71,7 +78,9 @@ class CycleReport:
         """What the scheduled Lambda returns and logs: counts, never VIF secrets."""
         return {"cycle_id": self.cycle_id, "started_at": iso(self.started_at), "dry_run": self.dry_run,
                 "targets_ok": self.targets_ok, "targets_failed": [asdict(f) for f in self.failures],
-                "actions": self.counts()}
+                "actions": self.counts(), "events": dict(Counter(e.type for e in self.events)),
+                "events_sent": self.delivery.sent if self.delivery else 0,
+                "events_pending": self.delivery.pending if self.delivery else 0}
 
 
 def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = True) -> CycleReport:
@@ -86,21 +95,48 @@ def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = T
     workers = max(1, min(len(policy.targets), runtime.settings.max_workers))
     runtime.warm(ledger=record)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
-        futures = {t.name: pool.submit(_poll_target, runtime, policy, t, report.cycle_id, dry_run or not record, record)
+        futures = {t: pool.submit(_poll_target, runtime, policy, t, report.cycle_id, dry_run or not record, record)
                    for t in policy.targets}
-    for name, future in futures.items():
+    for target, future in futures.items():
         try:
-            report.outcomes.extend(future.result())
-            report.targets_ok.append(name)
+            outcomes, produced = future.result()
+            report.outcomes.extend(outcomes)
+            report.events.extend(produced)
+            report.targets_ok.append(target.name)
         except TargetError as exc:
-            report.failures.append(TargetFailure(name, exc.code, str(exc)))
-            logger.error("target failed", extra={"target": name, "error_code": exc.code, "error": str(exc)})
+            _failed(runtime, report, target, TargetFailure(target.name, exc.code, str(exc)), record)
         except (ClientError, BotoCoreError) as exc:  # the ledger itself failed for this target
-            failure = _ledger_failure(name, runtime.settings.table_name, exc)
-            report.failures.append(failure)
-            logger.error("ledger failed", extra={"target": name, "error": failure.message})
+            _failed(runtime, report, target, _ledger_failure(target.name, runtime.settings.table_name, exc), record)
+    if record and runtime.publishing:
+        report.delivery = _flush(runtime)
     logger.info("cycle done", extra=report.summary())
     return report
+
+
+def _flush(runtime: Runtime) -> publish.FlushReport | None:
+    try:
+        queue_url = runtime.queue_url(runtime.settings.events_queue)
+    except (ClientError, BotoCoreError) as exc:  # the events stay in the outbox for the next cycle
+        logger.error("events queue not found", extra={"queue": runtime.settings.events_queue, "error": str(exc)})
+        return None
+    return publish.flush(runtime.ledger, runtime.sqs, queue_url)
+
+
+def _failed(runtime: Runtime, report: CycleReport, target: Target, failure: TargetFailure, record: bool) -> None:
+    report.failures.append(failure)
+    logger.error("target failed", extra={"target": failure.target, "error_code": failure.code,
+                                         "error": failure.message})
+    if not (record and runtime.publishing):
+        return
+    try:
+        if runtime.ledger.failing_since(target.name) is None:  # say it once per failing spell
+            now = runtime.clock()
+            event = events.build("target.failed", target=target.name, subject=target.name, time=now,
+                                 facts=(iso(now),), region=target.region, code=failure.code, message=failure.message)
+            runtime.ledger.mark_failing(target.name, now, [event])
+            report.events.append(event)
+    except (ClientError, BotoCoreError) as exc:
+        logger.error("could not record the target failure", extra={"target": target.name, "error": str(exc)})
 
 
 def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
@@ -113,7 +149,7 @@ def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
 
 
 def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str, dry_run: bool,
-                 record: bool) -> list[Outcome]:
+                 record: bool) -> tuple[list[Outcome], list]:
     api = runtime.directlink.get(target)
     vifs = api.describe_virtual_interfaces()
     now = runtime.clock()
@@ -124,85 +160,84 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
                         for v in vifs)
     gateways = api.describe_virtual_gateways() if wants_gateway else {}
 
-    outcomes = []
+    outcomes, produced = [], []
     for vif in vifs:
         decision = decide(vif, gateways, policy, target)
-        entry = _observe(known, target.name, vif, now, decision)
+        sighting = transitions.observe(known.vifs.get(vif.id), target.name, vif, now, known.last_polled_at,
+                                       target.region, runtime.publishing)
+        entry = sighting.entry
+        entry.decision_reason = decision.reason
+        entry.rule = getattr(decision, "rule", None)
+        entry.gateway = getattr(decision, "gateway", None)
         action, reason = _DECIDED.get(decision.action, decision.action), decision.reason
         if isinstance(decision, Confirm | Reject):
-            action, reason = _act(runtime, api, entry, decision, cycle_id, dry_run, record)
-        if record:
-            entry.last_decision = action
-            runtime.ledger.save(entry)
+            action, reason = _act(runtime, api, sighting, vif, decision, cycle_id, dry_run, record, now)
+        elif isinstance(decision, Ask) and not entry.approval_requested_at:
+            entry.approval_requested_at = iso(now)
+            sighting.emit("vif.approval_requested", now, vif, reason=decision.reason, rule=decision.rule,
+                          **sighting.deadline_fields())
+        transitions.expiry_warning(sighting, vif, now, policy)
+        transitions.stuck_pending(sighting, vif, now, policy)
+        entry.last_decision = action
+        if record and sighting.changed:
+            runtime.ledger.save(entry, sighting.events)
+        produced += sighting.events
         outcomes.append(_outcome(target.name, vif, entry, decision, action, reason))
         logger.info("vif decided", extra={"target": target.name, "vif_id": vif.id, "state": vif.state,
-                                          "action": action, "rule": getattr(decision, "rule", None),
-                                          "reason": reason})
+                                          "action": action, "rule": entry.rule, "reason": reason})
 
     if record:
         listed = {v.id for v in vifs}
         for gone in known.vifs.values():
             if gone.vif_id not in listed and gone.gone_at is None:
-                gone.gone_at = iso(now)
-                runtime.ledger.save(gone)
-        runtime.ledger.mark_polled(target.name, now)
-    return outcomes
+                sighting = transitions.disappeared(gone, now, target.region, runtime.publishing)
+                runtime.ledger.save(sighting.entry, sighting.events)
+                produced += sighting.events
+        recovered = []
+        if known.failing_since is not None and runtime.publishing:
+            recovered = [events.build("target.recovered", target=target.name, subject=target.name, time=now,
+                                      facts=(iso(known.failing_since),), region=target.region,
+                                      failed_since=known.failing_since)]
+        runtime.ledger.mark_polled(target.name, now, recovered)
+        produced += recovered
+    return outcomes, produced
 
 
-def _observe(known: TargetRecords, target: str, vif: VirtualInterface, now: datetime,
-             decision: Decision) -> VifRecord:
-    """Fold this sighting into the VIF's record: first seen, state since, deadline."""
-    entry = known.vifs.get(vif.id)
-    if entry is None:
-        entry = VifRecord(target=target, vif_id=vif.id, first_seen_at=iso(now), state=vif.state,
-                          state_since=iso(now))
-        if vif.state == CONFIRMING:
-            # No creation time in the API: the deadline counts from our first sighting, and is
-            # certain only if the previous poll of this target was recent enough.
-            entry.deadline = iso(now + EXPIRY)
-            entry.deadline_certain = (known.last_polled_at is not None
-                                      and now - known.last_polled_at <= CERTAINTY_WINDOW)
-    elif entry.state != vif.state:
-        entry.state, entry.state_since = vif.state, iso(now)
-    entry.gone_at = None
-    entry.snapshot = vif.snapshot()
-    entry.decision_reason = decision.reason
-    entry.rule = getattr(decision, "rule", None)
-    entry.gateway = getattr(decision, "gateway", None)
-    return entry
-
-
-def _act(runtime: Runtime, api: DirectLinkApi, entry: VifRecord, decision: Confirm | Reject,
-         cycle_id: str, dry_run: bool, record: bool) -> tuple[str, str]:
+def _act(runtime: Runtime, api: DirectLinkApi, sighting: transitions.Sighting, vif: VirtualInterface,
+         decision: Confirm | Reject, cycle_id: str, dry_run: bool, record: bool, now: datetime) -> tuple[str, str]:
     """Confirm or reject once: claim in the ledger first, then call the API."""
+    entry = sighting.entry
     verb = "confirm" if isinstance(decision, Confirm) else "reject"
     if dry_run:
         return f"would_{verb}", decision.reason
     if record:
-        runtime.ledger.save(entry)  # the claim needs the item to exist
+        runtime.ledger.save(entry, sighting.events)  # the claim needs the item to exist
+        sighting.written()
         try:
-            runtime.ledger.claim(entry.target, entry.vif_id, cycle_id, runtime.clock())
+            runtime.ledger.claim(entry.target, entry.vif_id, cycle_id, now)
         except ClaimLost:
             return "none", f"another poller is acting on it or has already ({decision.reason})"
     try:
-        if isinstance(decision, Confirm):
-            state = api.confirm(entry.vif_id, decision.gateway)
+        if verb == "confirm":
+            api.confirm(entry.vif_id, decision.gateway)
         else:
-            state = api.reject(entry.vif_id)
+            api.reject(entry.vif_id)
     except TargetError as exc:
         if record and not exc.retryable:  # a definite no: let the next cycle try again
             runtime.ledger.release(entry.target, entry.vif_id, cycle_id)
         logger.warning(f"{verb} failed", extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)})
         return "failed", str(exc)
-    entry.state, entry.state_since = state or entry.state, iso(runtime.clock())
+    # The new state is recorded on the next sighting, which also emits its vif.state_changed.
     if isinstance(decision, Confirm):
-        entry.confirmed_at = entry.state_since
+        entry.confirmed_at = iso(now)
+        sighting.emit("vif.confirmed", now, vif, by="rule", rule=decision.rule, gateway=decision.gateway)
         return "confirmed", f"{decision.reason}; attached to {decision.gateway}"
+    sighting.emit("vif.rejected", now, vif, by="rule" if decision.rule else "default_action", rule=decision.rule,
+                  reason=decision.reason)
     return "rejected", decision.reason
 
 
-def _outcome(target: str, vif: VirtualInterface, entry: VifRecord, decision: Decision, action: str,
-             reason: str) -> Outcome:
+def _outcome(target: str, vif: VirtualInterface, entry, decision: Decision, action: str, reason: str) -> Outcome:
     return Outcome(
         target=target, virtualInterfaceId=vif.id, virtualInterfaceName=vif.virtual_interface_name,
         ownerAccount=vif.owner_account, connectionId=vif.connection_id, vlan=vif.vlan, asn=vif.customer_asn,
@@ -210,3 +245,4 @@ def _outcome(target: str, vif: VirtualInterface, entry: VifRecord, decision: Dec
         virtualGatewayId=getattr(decision, "gateway", None), reason=reason,
         deadline=entry.deadline if vif.state == CONFIRMING else None,
         deadlineCertain=entry.deadline_certain if vif.state == CONFIRMING else None)
+

@@ -36,6 +36,8 @@ class Settings:
     table_name: str = "vifgate-ledger"
     dry_run: bool = False
     max_workers: int = 8
+    events_queue: str | None = None
+    dead_letter_queue: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -47,7 +49,9 @@ class Settings:
         if not workers.isdigit() or not 1 <= int(workers) <= 64:
             raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
         return cls(config_source=source, table_name=env.get("VIFGATE_TABLE", cls.table_name),
-                   dry_run=_flag(env.get("VIFGATE_DRY_RUN")), max_workers=int(workers))
+                   dry_run=_flag(env.get("VIFGATE_DRY_RUN")), max_workers=int(workers),
+                   events_queue=env.get("VIFGATE_EVENTS_QUEUE") or None,
+                   dead_letter_queue=env.get("VIFGATE_EVENTS_DLQ") or None)
 
 
 def read_config_text(source: str) -> str:
@@ -76,14 +80,16 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, policy: Policy | None = None,
                  clock: Callable[[], datetime] = utc_now, session: boto3.Session | None = None,
-                 directlink: DirectLinkClients | None = None, dynamodb=None):
+                 directlink: DirectLinkClients | None = None, dynamodb=None, sqs=None):
         self.settings = settings
         self.clock = clock
         self._policy = policy
         self._session = session
         self._directlink = directlink
         self._dynamodb = dynamodb
+        self._sqs = sqs
         self._lock = threading.Lock()
+        self._queue_urls: dict[str, str] = {}
 
     @property
     def policy(self) -> Policy:
@@ -102,7 +108,23 @@ class Runtime:
         """Build the shared clients once, before worker threads race to build them."""
         _ = self.directlink
         if ledger:
-            _ = self.ledger
+            _ = self.ledger, self.sqs
+
+    @cached_property
+    def sqs(self):
+        return self._sqs or self.session.client("sqs", config=CLIENT_CONFIG)
+
+    @property
+    def publishing(self) -> bool:
+        """Events are written and sent only when there is a queue to send them to."""
+        return self.settings.events_queue is not None
+
+    def queue_url(self, name: str) -> str:
+        """Queue names are per stage, URLs per account and region: look them up once."""
+        with self._lock:
+            if name not in self._queue_urls:
+                self._queue_urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            return self._queue_urls[name]
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -1,0 +1,180 @@
+"""The queue's contract: one CloudEvents 1.0 envelope per state transition, one model per type.
+
+`vifgate schema` prints the JSON Schema of every type (docs/events.schema.json holds a copy).
+Event ids are derived from what happened, so the same transition seen by two pollers, or sent
+twice, carries the same id and SQS FIFO deduplication drops the copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from .models import VirtualInterface
+
+SPEC_VERSION = "1.0"
+SOURCE_PREFIX = "/vif-gatekeeper"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class VifData(_Model):
+    """What every vif.* event carries: where, whose, and the VIF as last seen (no authKey)."""
+
+    target: str
+    account: str | None = Field(description="the VIF's ownerAccount")
+    region: str | None
+    vif: dict[str, Any] = Field(description="DescribeVirtualInterfaces fields of the VIF, authKey removed")
+
+
+class DeadlineFields(_Model):
+    deadline: datetime | None = Field(description="first seen in confirming + 7 days")
+    deadline_certain: bool = Field(description="false when the VIF was already waiting at the first poll")
+    first_seen_at: datetime
+
+
+class Discovered(VifData):
+    state: str
+
+
+class StateChanged(VifData):
+    from_state: str = Field(alias="from")
+    to_state: str = Field(alias="to")
+
+
+class Confirmed(VifData):
+    by: Literal["rule", "approver"]
+    rule: str | None = None
+    approver: str | None = None
+    gateway: str
+
+
+class Rejected(VifData):
+    by: Literal["rule", "default_action", "approver"]
+    rule: str | None = None
+    approver: str | None = None
+    reason: str
+
+
+class ApprovalRequested(VifData, DeadlineFields):
+    reason: str
+    rule: str | None = None
+
+
+class ExpiryWarning(VifData, DeadlineFields):
+    threshold_hours: float = Field(description="the configured alert this warning answers, e.g. 24")
+    hours_left: float
+
+
+class Expired(VifData, DeadlineFields):
+    how: Literal["state", "disappeared"] = Field(
+        description="state: the cloud reports `expired` (OUTSCALE); disappeared: no longer listed while confirming (AWS)")
+
+
+class Disappeared(VifData):
+    last_state: str
+
+
+class StuckPending(VifData):
+    confirmed_at: datetime
+    pending_minutes: float
+
+
+class TargetData(_Model):
+    target: str
+    region: str | None
+
+
+class TargetFailed(TargetData):
+    code: str
+    message: str
+
+
+class TargetRecovered(TargetData):
+    failed_since: datetime
+
+
+DATA_TYPES: dict[str, type[_Model]] = {
+    "vif.discovered": Discovered,
+    "vif.state_changed": StateChanged,
+    "vif.confirmed": Confirmed,
+    "vif.rejected": Rejected,
+    "vif.approval_requested": ApprovalRequested,
+    "vif.expiry_warning": ExpiryWarning,
+    "vif.expired": Expired,
+    "vif.disappeared": Disappeared,
+    "vif.stuck_pending": StuckPending,
+    "target.failed": TargetFailed,
+    "target.recovered": TargetRecovered,
+}
+EVENT_TYPES = tuple(DATA_TYPES)
+
+
+class _Envelope(_Model):
+    specversion: Literal["1.0"] = SPEC_VERSION
+    id: str = Field(min_length=16, description="deterministic: the same transition always has the same id")
+    source: str = Field(description="URI-reference: /vif-gatekeeper/<target>")
+    time: datetime
+    subject: str = Field(description="the VIF id, or the target name for target.* events")
+    datacontenttype: Literal["application/json"] = "application/json"
+
+
+def _envelope(type_name: str, data_type: type[_Model]) -> type[_Envelope]:
+    name = "".join(part.title() for part in type_name.replace("_", ".").split(".")) + "Event"
+    return create_model(name, __base__=_Envelope, __doc__=f"CloudEvent of type {type_name}",
+                        type=(Literal[type_name], ...), data=(data_type, ...))
+
+
+ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, data) for name, data in DATA_TYPES.items()}
+CloudEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # noqa: UP007
+_ADAPTER: TypeAdapter = TypeAdapter(CloudEvent)
+
+
+def event_id(type_name: str, subject: str, *facts: object) -> str:
+    """Same transition, same id: a hash of the type, the subject and what distinguishes it."""
+    text = "|".join([type_name, subject, *map(str, facts)])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def build(type_name: str, *, target: str, subject: str, time: datetime, facts: tuple = (),
+          **data: Any) -> _Envelope:
+    """A validated event; `facts` are what makes this transition unique beside type and subject."""
+    envelope = ENVELOPES[type_name]
+    return envelope(id=event_id(type_name, target, subject, *facts), source=f"{SOURCE_PREFIX}/{target}",
+                    time=time, subject=subject, type=type_name, data={"target": target, **data})
+
+
+def vif_fields(target: str, vif: VirtualInterface | None, snapshot: dict[str, Any], region: str | None) -> dict:
+    """The common data of vif.* events, from the live VIF or, when it is gone, its last snapshot."""
+    current = vif.snapshot() if vif is not None else dict(snapshot)
+    current.pop("authKey", None)  # a snapshot never has it; this keeps it so if one ever did
+    return {"account": current.get("ownerAccount"), "region": region, "vif": current}
+
+
+def parse(body: str | bytes | dict) -> _Envelope:
+    """An event from the queue; ValidationError names the bad field."""
+    if isinstance(body, dict):
+        return _ADAPTER.validate_python(body)
+    return _ADAPTER.validate_json(body)
+
+
+def to_json(event: _Envelope) -> str:
+    return event.model_dump_json(by_alias=True)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every event type (a discriminated union on `type`)."""
+    schema = _ADAPTER.json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "VIF Gatekeeper events (CloudEvents 1.0)"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"

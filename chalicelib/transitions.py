@@ -1,0 +1,120 @@
+"""Pure: fold one sighting of a VIF into its ledger record and name the events it causes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from . import events
+from .config import Policy
+from .ledger import EXPIRY, VifRecord, iso, parse_iso
+from .models import CONFIRMING, VirtualInterface
+
+# A VIF first seen in `confirming` is known to be at most one poll old only if the previous poll
+# was recent; after a longer gap (or at the first poll) its deadline may be earlier than we think.
+CERTAINTY_WINDOW = timedelta(minutes=15)
+
+
+def _copy(record: VifRecord) -> VifRecord:
+    return replace(record, alerts_sent=list(record.alerts_sent), snapshot=dict(record.snapshot))
+
+
+class Sighting:
+    """The record and the events of one VIF in one cycle; `changed` says whether to write."""
+
+    def __init__(self, before: VifRecord | None, entry: VifRecord, region: str | None, publishing: bool = True):
+        self.before, self.entry, self.region, self.publishing = before, entry, region, publishing
+        self.events: list = []
+
+    def written(self) -> None:
+        """The ledger now holds entry and events: later changes are measured from here."""
+        self.before = _copy(self.entry)
+        self.events = []
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.events) or self.entry != self.before
+
+    def emit(self, type_name: str, now: datetime, vif: VirtualInterface | None, facts: tuple = (), **data) -> None:
+        if not self.publishing:  # no events queue configured: the ledger still records everything
+            return
+        e = self.entry
+        self.events.append(events.build(
+            type_name, target=e.target, subject=e.vif_id, time=now, facts=facts,
+            **events.vif_fields(e.target, vif, e.snapshot, self.region), **data))
+
+    def deadline_fields(self) -> dict:
+        e = self.entry
+        return {"deadline": e.deadline, "deadline_certain": e.deadline_certain, "first_seen_at": e.first_seen_at}
+
+
+def observe(before: VifRecord | None, target: str, vif: VirtualInterface, now: datetime,
+            last_polled_at: datetime | None, region: str | None, publishing: bool = True) -> Sighting:
+    """New VIF, state change, expiry by state: the record after this sighting, and its events."""
+    if before is None:
+        entry = VifRecord(target=target, vif_id=vif.id, first_seen_at=iso(now), state=vif.state,
+                          state_since=iso(now))
+        if vif.state == CONFIRMING:
+            # No creation time in the API: the deadline counts from our first sighting, and is
+            # certain only if the previous poll of this target was recent enough.
+            entry.deadline = iso(now + EXPIRY)
+            entry.deadline_certain = last_polled_at is not None and now - last_polled_at <= CERTAINTY_WINDOW
+    else:
+        entry = _copy(before)
+    entry.gone_at = None
+    entry.snapshot = vif.snapshot()
+    sighting = Sighting(before, entry, region, publishing)
+
+    if before is None:
+        sighting.emit("vif.discovered", now, vif, state=vif.state)
+    elif before.state != vif.state:
+        entry.state, entry.state_since = vif.state, iso(now)
+        sighting.emit("vif.state_changed", now, vif, facts=(before.state, vif.state, entry.state_since),
+                      **{"from": before.state, "to": vif.state})
+        if vif.state == "expired":
+            sighting.emit("vif.expired", now, vif, how="state", **sighting.deadline_fields())
+    return sighting
+
+
+def disappeared(before: VifRecord, now: datetime, region: str | None, publishing: bool = True) -> Sighting:
+    """A VIF no longer listed. On AWS a `confirming` VIF that expires simply vanishes."""
+    entry = replace(_copy(before), gone_at=iso(now))
+    sighting = Sighting(before, entry, region, publishing)
+    sighting.emit("vif.disappeared", now, None, last_state=before.state)
+    if before.state == CONFIRMING:
+        sighting.emit("vif.expired", now, None, how="disappeared", **sighting.deadline_fields())
+    return sighting
+
+
+def _label(threshold: timedelta) -> str:
+    return f"{int(threshold.total_seconds())}s"
+
+
+def expiry_warning(sighting: Sighting, vif: VirtualInterface, now: datetime, policy: Policy) -> None:
+    """At most one warning per cycle: the nearest threshold passed and not yet warned."""
+    entry = sighting.entry
+    deadline = parse_iso(entry.deadline)
+    if vif.state != CONFIRMING or deadline is None:
+        return
+    left = deadline - now
+    passed = [t for t in policy.expiry_alerts if left <= t and _label(t) not in entry.alerts_sent]
+    if not passed or left <= timedelta(0):
+        return
+    nearest = min(passed)
+    # A missed cycle can pass several thresholds at once: warn with the nearest, mark them all.
+    entry.alerts_sent = entry.alerts_sent + [_label(t) for t in passed]
+    sighting.emit("vif.expiry_warning", now, vif, facts=(_label(nearest),),
+                  threshold_hours=nearest.total_seconds() / 3600, hours_left=round(left.total_seconds() / 3600, 2),
+                  **sighting.deadline_fields())
+
+
+def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, policy: Policy) -> None:
+    """Confirmed but still not `available` after policy.stuck_pending_after: say so once."""
+    entry = sighting.entry
+    if vif.state != "pending" or entry.stuck_reported_at:
+        return
+    since = parse_iso(entry.confirmed_at) or parse_iso(entry.state_since)
+    if now - since >= policy.stuck_pending_after:
+        entry.stuck_reported_at = iso(now)
+        sighting.emit("vif.stuck_pending", now, vif, confirmed_at=since,
+                      pending_minutes=round((now - since).total_seconds() / 60, 1))
