@@ -4,15 +4,17 @@ import os
 
 from chalice import Chalice, ConvertToMiddleware, Rate
 
-from chalicelib import reconcile, runtime
+from chalicelib import notify, reconcile, runtime
 from chalicelib.config import ConfigError
 from chalicelib.log import logger
 
 app = Chalice(app_name="vif-gatekeeper")
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
 
-# Read when the app is packaged (`make package STAGE=...` exports it from .chalice/config.json).
+# Read at import: `chalice package/deploy --stage X` imports app.py with that stage's
+# environment_variables from .chalice/config.json already set.
 POLL_MINUTES = int(os.environ.get("VIFGATE_POLL_MINUTES", "1"))
+EVENTS_QUEUE = os.environ.get("VIFGATE_EVENTS_QUEUE", "vifgate-dev-events.fifo")
 
 
 @app.schedule(Rate(POLL_MINUTES, unit=Rate.MINUTES), name="poll")
@@ -23,6 +25,12 @@ def poll(event):
         # Fail closed and loudly: nothing was confirmed, and the invocation counts as an error.
         logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})
         raise
+
+
+# infra/template.json turns on ReportBatchItemFailures for this event source.
+@app.on_sqs_message(queue=EVENTS_QUEUE, batch_size=10, name="notify")
+def notify_chat(event):
+    return notify.handle_batch(event.to_dict(), event.context, runtime.get())
 
 
 @app.route("/health")

@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--aws-port", type=int, default=5005, help="AWS emulator (moto) port (default 5005)")
     sandbox.set_defaults(func=_sandbox)
 
+    schema = commands.add_parser("schema", help="print the JSON Schema of every event on the queue")
+    schema.set_defaults(func=_schema)
+
     demo = commands.add_parser("demo", help="the whole story on the embedded sandbox, in under a minute")
     demo.set_defaults(func=_demo)
     return parser
@@ -125,6 +128,13 @@ def format_table(report: CycleReport) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
              for row in (headers, *rows)]
     return "\n".join(lines)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .events import schema_text
+
+    sys.stdout.write(schema_text())
+    return EXIT_OK
 
 
 def _sandbox(args: argparse.Namespace) -> int:

@@ -114,12 +114,13 @@ def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = T
 
 
 def _flush(runtime: Runtime) -> publish.FlushReport | None:
+    """Send the outbox; whatever fails here stays in it for the next cycle."""
     try:
-        queue_url = runtime.queue_url(runtime.settings.events_queue)
-    except (ClientError, BotoCoreError) as exc:  # the events stay in the outbox for the next cycle
-        logger.error("events queue not found", extra={"queue": runtime.settings.events_queue, "error": str(exc)})
+        return publish.flush(runtime.ledger, runtime.sqs, runtime.queue_url(runtime.settings.events_queue))
+    except (ClientError, BotoCoreError) as exc:
+        logger.error("events not sent this cycle; they stay in the outbox",
+                     extra={"queue": runtime.settings.events_queue, "error": str(exc)})
         return None
-    return publish.flush(runtime.ledger, runtime.sqs, queue_url)
 
 
 def _failed(runtime: Runtime, report: CycleReport, target: Target, failure: TargetFailure, record: bool) -> None:
@@ -181,7 +182,7 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
         entry.last_decision = action
         if record and sighting.changed:
             runtime.ledger.save(entry, sighting.events)
-        produced += sighting.events
+        produced += sighting.emitted
         outcomes.append(_outcome(target.name, vif, entry, decision, action, reason))
         logger.info("vif decided", extra={"target": target.name, "vif_id": vif.id, "state": vif.state,
                                           "action": action, "rule": entry.rule, "reason": reason})
@@ -192,7 +193,7 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
             if gone.vif_id not in listed and gone.gone_at is None:
                 sighting = transitions.disappeared(gone, now, target.region, runtime.publishing)
                 runtime.ledger.save(sighting.entry, sighting.events)
-                produced += sighting.events
+                produced += sighting.emitted
         recovered = []
         if known.failing_since is not None and runtime.publishing:
             recovered = [events.build("target.recovered", target=target.name, subject=target.name, time=now,

@@ -5,6 +5,7 @@ Lambda and the CLI both build a Runtime; tests hand in their own clock and clien
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -15,11 +16,16 @@ from pathlib import Path
 
 import boto3
 
-from .config import ConfigError, Policy, parse_policy
+from .config import Chat, ConfigError, Policy, SecretRef, parse_policy
 from .directlink import CLIENT_CONFIG, DirectLinkClients
 from .ledger import Ledger
 
 SSM_PREFIX = "ssm:"
+SECRET_MAX_AGE = 300  # seconds a chat secret is cached in a warm Lambda
+# Secret store answers that a later try can get past (anything else is missing, denied or malformed).
+TRANSIENT = {"ThrottlingException", "TooManyRequestsException", "InternalServiceError", "InternalServerError",
+             "ServiceUnavailable", "RequestLimitExceeded", "EndpointConnectionError", "ConnectTimeoutError",
+             "ReadTimeoutError"}
 
 
 def utc_now() -> datetime:
@@ -71,6 +77,31 @@ def read_config_text(source: str) -> str:
         raise ConfigError(source, [f"cannot read {source}: {exc.strerror}"]) from None
 
 
+def resolve_secret(ref: SecretRef) -> str:
+    """A chat secret's value from Secrets Manager or SSM, cached; `key` picks a field of a JSON secret."""
+    from aws_lambda_powertools.utilities import parameters
+
+    from .chatops import SecretUnavailable
+
+    try:
+        if ref.secret_id:
+            value = parameters.get_secret(ref.secret_id, max_age=SECRET_MAX_AGE)
+        else:
+            value = parameters.get_parameter(ref.parameter, decrypt=True, max_age=SECRET_MAX_AGE)
+    except parameters.exceptions.GetParameterError as exc:
+        cause = exc.__cause__
+        code = getattr(cause, "response", {}).get("Error", {}).get("Code") or type(cause).__name__
+        if code in TRANSIENT:
+            raise SecretUnavailable(code) from None
+        raise LookupError(f"{ref.secret_id or ref.parameter}: {code}") from None
+    if ref.key is None:
+        return value
+    try:
+        return json.loads(value)[ref.key]
+    except (ValueError, KeyError, TypeError):  # never echo the secret's text
+        raise LookupError(f"{ref.secret_id or ref.parameter} is not JSON with a {ref.key!r} field") from None
+
+
 def load_policy(source: str) -> Policy:
     return parse_policy(read_config_text(source), source)
 
@@ -80,7 +111,8 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, policy: Policy | None = None,
                  clock: Callable[[], datetime] = utc_now, session: boto3.Session | None = None,
-                 directlink: DirectLinkClients | None = None, dynamodb=None, sqs=None):
+                 directlink: DirectLinkClients | None = None, dynamodb=None, sqs=None,
+                 resolve: Callable[[SecretRef], str] = resolve_secret):
         self.settings = settings
         self.clock = clock
         self._policy = policy
@@ -88,8 +120,10 @@ class Runtime:
         self._directlink = directlink
         self._dynamodb = dynamodb
         self._sqs = sqs
+        self._resolve = resolve
         self._lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
+        self._notifier = None
 
     @property
     def policy(self) -> Policy:
@@ -125,6 +159,17 @@ class Runtime:
             if name not in self._queue_urls:
                 self._queue_urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
             return self._queue_urls[name]
+
+    @property
+    def notifier(self):
+        """Chat destinations from the policy; rebuilt when the document's chat section changes."""
+        from .chatops import Notifier
+
+        chat: Chat = self.policy.chat
+        with self._lock:
+            if self._notifier is None or self._notifier[0] != chat:
+                self._notifier = (chat, Notifier(chat.destinations, self._resolve))
+            return self._notifier[1]
 
     @cached_property
     def ledger(self) -> Ledger:

@@ -24,7 +24,8 @@ class Sighting:
 
     def __init__(self, before: VifRecord | None, entry: VifRecord, region: str | None, publishing: bool = True):
         self.before, self.entry, self.region, self.publishing = before, entry, region, publishing
-        self.events: list = []
+        self.events: list = []   # not yet written to the ledger
+        self.emitted: list = []  # everything this sighting caused, for the cycle's report
 
     def written(self) -> None:
         """The ledger now holds entry and events: later changes are measured from here."""
@@ -39,9 +40,10 @@ class Sighting:
         if not self.publishing:  # no events queue configured: the ledger still records everything
             return
         e = self.entry
-        self.events.append(events.build(
-            type_name, target=e.target, subject=e.vif_id, time=now, facts=facts,
-            **events.vif_fields(e.target, vif, e.snapshot, self.region), **data))
+        event = events.build(type_name, target=e.target, subject=e.vif_id, time=now, facts=facts,
+                             **events.vif_fields(e.target, vif, e.snapshot, self.region), **data)
+        self.events.append(event)
+        self.emitted.append(event)
 
     def deadline_fields(self) -> dict:
         e = self.entry

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import textwrap
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import timedelta
 
+import boto3
+
+from chalicelib import events
+from chalicelib.chatops import Message, render
 from chalicelib.cli import format_table
 from chalicelib.reconcile import CycleReport, run_cycle
 from chalicelib.runtime import Runtime, Settings, load_policy
 
 from . import scenario
-from .local import LocalCloud
+from .local import EVENTS_QUEUE, LocalCloud
 
 
 def _heading(text: str) -> None:
@@ -49,12 +54,58 @@ def run_demo() -> int:
             second = run_cycle(runtime)
             print(format_table(second))
 
-            _summary(runtime, [first, second], cloud)
+            cloud.clock.advance(timedelta(days=4))
+            _heading(f"Cycle 3 at {cloud.clock.now():%Y-%m-%d %H:%M} UTC (4 days later)")
+            print("Nobody answered the approval requests; the VIFs left waiting are 3 days from expiry.")
+            third = run_cycle(runtime)
+            print(format_table(third))
+
+            _summary(runtime, [first, second, third], cloud)
+            _events(cloud, [first, second, third])
         finally:
             os.environ.clear()
             os.environ.update(saved)
     print(f"\nDemo finished in {time.monotonic() - started:.1f}s. Nothing left running.")
     return 0
+
+
+def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
+    """What reached the events queue, then what people would read in chat for a few of them."""
+    _heading("Events on the queue (SQS FIFO, one message group per VIF)")
+    sqs = boto3.client("sqs", endpoint_url=cloud.aws_url)
+    url = sqs.get_queue_url(QueueName=EVENTS_QUEUE)["QueueUrl"]
+    received = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            received.append(events.parse(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    produced = {e.id for r in reports for e in r.events}
+    arrived = [e.id for e in received]
+    lost, twice = len(produced - set(arrived)), len(arrived) - len(set(arrived))
+    print(f"{len(received)} events received; {len(produced)} produced by the three cycles, {lost} lost, "
+          f"{twice} received twice:")
+    for type_name, count in sorted(Counter(e.type for e in received).items()):
+        print(f"  {count:>3}  {type_name}")
+
+    _heading("What people read in chat (a few of them)")
+    shown = set()
+    for event in received:
+        if event.type in ("vif.approval_requested", "vif.confirmed", "vif.expiry_warning") and event.type not in shown:
+            shown.add(event.type)
+            print(terminal(render(event)))
+            print()
+
+
+_MARKS = {"info": "i", "success": "+", "warning": "!", "danger": "!!"}
+
+
+def terminal(message: Message) -> str:
+    """A chat message as a person would read it, in the terminal."""
+    lines = [f"[{_MARKS[message.severity]}] {message.title}",
+             textwrap.fill(message.text, width=100, initial_indent="    ", subsequent_indent="    ")]
+    label_width = max((len(label) for label, _ in message.fields), default=0)
+    lines += [f"    {label:<{label_width}}  {value}" for label, value in message.fields]
+    return "\n".join(lines)
 
 
 def _summary(runtime: Runtime, reports: list[CycleReport], cloud: LocalCloud) -> None:

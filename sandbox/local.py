@@ -23,6 +23,7 @@ logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
 REGION = "eu-west-2"
 TABLE = "vifgate-sandbox-ledger"
+EVENTS_QUEUE, EVENTS_DLQ = "vifgate-sandbox-events.fifo", "vifgate-sandbox-events-dlq.fifo"
 # moto accepts any key; this one also maps to the prod account in the DirectLink sandbox, so
 # `aws directconnect ...` with the exported variables shows what osc-prod sees.
 AWS_KEY, AWS_SECRET = scenario.KEYS[scenario.PROD]
@@ -55,8 +56,11 @@ class LocalCloud:
             "AWS_ENDPOINT_URL_DYNAMODB": self.aws_url,
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.aws_url,
             "AWS_ENDPOINT_URL_SSM": self.aws_url,
+            "AWS_ENDPOINT_URL_SQS": self.aws_url,
             "AWS_ENDPOINT_URL_STS": self.aws_url,
             "VIFGATE_TABLE": TABLE,
+            "VIFGATE_EVENTS_QUEUE": EVENTS_QUEUE,
+            "VIFGATE_EVENTS_DLQ": EVENTS_DLQ,
             "VIFGATE_CONFIG": str(self.config_path),
         }
 
@@ -69,6 +73,7 @@ class LocalCloud:
         session = boto3.Session(aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_SECRET, region_name=REGION)
         provision(session.client("dynamodb", endpoint_url=self.aws_url),
                   session.client("secretsmanager", endpoint_url=self.aws_url), TABLE)
+        create_queues(session.client("sqs", endpoint_url=self.aws_url), EVENTS_QUEUE, EVENTS_DLQ)
         self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
         return self
 
@@ -90,6 +95,15 @@ def provision(dynamodb, secretsmanager, table: str) -> None:
         access_key, secret_key = scenario.KEYS[account]
         secretsmanager.create_secret(Name=scenario.secret_id(target), SecretString=json.dumps(
             {"access_key_id": access_key, "secret_access_key": secret_key}))
+
+
+def create_queues(sqs, events: str, dead_letters: str) -> str:
+    """The events FIFO queue and its FIFO dead-letter queue, as infra/template.json declares them."""
+    dlq_url = sqs.create_queue(QueueName=dead_letters, Attributes={"FifoQueue": "true"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return sqs.create_queue(QueueName=events, Attributes={
+        "FifoQueue": "true", "ContentBasedDeduplication": "false", "VisibilityTimeout": "360",
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})})["QueueUrl"]
 
 
 def serve(port: int = 4566, aws_port: int = 5005) -> int:

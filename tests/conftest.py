@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 
 import boto3
 import pytest
 from aws_lambda_powertools.utilities import parameters
+from jsonschema import Draft202012Validator
 from moto import mock_aws
 
-from chalicelib import runtime
+from chalicelib import events, runtime
+from chalicelib.log import logger
 from sandbox import DirectLinkSandbox, SandboxClock, scenario
 from sandbox.local import provision
 
@@ -32,9 +36,32 @@ def isolated_aws_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     # Warm-Lambda caches would otherwise carry one test's clients and parameters into the next.
     runtime._cached = None
+    logger.setLevel("INFO")  # the CLI turns it down for people; each test starts from the Lambda's level
     parameters.clear_caches()
     parameters.base.DEFAULT_PROVIDERS.clear()
     yield
+
+
+SCHEMA = Draft202012Validator(json.loads((Path(__file__).parent.parent / "docs/events.schema.json").read_text()))
+
+
+@pytest.fixture(autouse=True)
+def produced_events(monkeypatch):
+    """Every event any test builds is checked against the published JSON Schema when the test ends."""
+    produced = []
+    build = events.build
+
+    def recording(*args, **kwargs):
+        event = build(*args, **kwargs)
+        produced.append(event)
+        return event
+
+    monkeypatch.setattr(events, "build", recording)
+    yield produced
+    for event in produced:
+        problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                    for e in SCHEMA.iter_errors(json.loads(events.to_json(event)))]
+        assert not problems, f"{event.type} does not match docs/events.schema.json: {problems}"
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from chalicelib.config import ConfigError
 from chalicelib.log import logger
 from chalicelib.runtime import Runtime, Settings, load_policy
 from sandbox import scenario
+from sandbox.local import create_queues
 from tests.conftest import TABLE, SerializedClient, confirm_calls
 
 # The stages' variables come from .chalice/config.json; these are what they name.
@@ -29,6 +30,7 @@ def stage_world(aws, directlink):
 
     for stage, table in STAGE_TABLE.items():
         create_table(boto3.client("dynamodb"), table)
+        create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
         put_config(stage, scenario.CONFIG)
     return directlink
 

@@ -148,6 +148,9 @@ def test_demo_tells_the_story(capsys):
     assert "but that gateway is pending, not available" in out
     assert f"no rule matches account {scenario.LAB}" in out
     assert "Confirm calls sent to DirectLink: 3" in out
+    assert "18 events received; 18 produced by the three cycles, 0 lost, 0 received twice:" in out
+    assert "[!] Approval needed: VIF" in out and "[+] VIF confirmed: prod-app" in out
+    assert "expires in at most 2d 23h" in out and "possibly earlier" in out  # the expiry warning
 
 
 def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):

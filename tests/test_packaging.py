@@ -50,7 +50,8 @@ def test_stage_config_and_least_privilege_policy(stage):
         for action in statement["Action"]:
             assert "*" not in action, f"wildcard action {action} in {stage}"
     resources = json.dumps(policy)
-    assert f"table/vifgate-{stage}-ledger" in resources and f"parameter/vifgate/{stage}/config" in resources
+    assert f"table/vifgate-{stage}-ledger" in resources and f"parameter/vifgate/{stage}/*" in resources
+    assert env["VIFGATE_EVENTS_QUEUE"] == f"vifgate-{stage}-events.fifo" and f"vifgate-{stage}-events.fifo" in resources
 
 
 def test_infra_table_matches_the_table_the_code_creates():
@@ -85,7 +86,13 @@ def test_chalice_package_builds_a_python313_template_that_lints(tmp_path):
     functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
     assert {f["Properties"]["Runtime"] for f in functions.values()} == {"python3.13"}
     assert functions["Poll"]["Properties"]["Events"]["PollEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
-    assert "LedgerTable" in template["Resources"]
-    lint = subprocess.run([str(BIN / "cfn-lint"), str(out / "sam.json"), "infra/template.json"], cwd=ROOT,
+    assert {"LedgerTable", "EventsQueue", "EventsDeadLetterQueue"} <= set(template["Resources"])
+    # Partial batch failures only count when the event source mapping reports them.
+    sqs_source = functions["Notify"]["Properties"]["Events"]["NotifySqsEventSource"]["Properties"]
+    assert sqs_source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert "vifgate-prod-events.fifo" in json.dumps(sqs_source["Queue"])
+    assert functions["Notify"]["Properties"]["Timeout"] * 6 <= int(
+        template["Resources"]["EventsQueue"]["Properties"]["VisibilityTimeout"])
+    lint = subprocess.run([str(BIN / "cfn-lint"), str(out / "sam.json")], cwd=ROOT,
                           capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

@@ -1,0 +1,98 @@
+"""Slack: Block Kit through an incoming webhook, or chat.postMessage with a bot token."""
+
+from __future__ import annotations
+
+import logging
+import re
+from itertools import batched
+from typing import Any
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+from slack_sdk.webhook import WebhookClient
+
+from .http import Reply, header
+from .messages import Message
+
+API_URL = "https://slack.com/api/"
+
+# slack_sdk logs request URLs (an incoming webhook URL is a secret) at INFO and DEBUG whenever its
+# logger's own level is unset, and failed requests at ERROR. Its clients get this muted logger;
+# the notifier writes the one line per delivery that matters.
+_SDK_LOGGER = logging.getLogger("chalicelib.chatops.slack_sdk")
+_SDK_LOGGER.setLevel(logging.CRITICAL)
+_SDK_LOGGER.propagate = False
+
+# Block Kit limits; slack_sdk refuses to serialize a block past them.
+_HEADER_MAX, _TEXT_MAX, _FIELD_MAX, _FIELDS_PER_SECTION, _BUTTON_MAX = 150, 3000, 2000, 10, 75
+_BUTTON_STYLES = {"primary": "primary", "danger": "danger"}
+_ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn escaping: a VIF name like `<!channel>` must not ping a whole channel."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _mrkdwn(text: str, limit: int = _TEXT_MAX) -> MarkdownTextObject:
+    return MarkdownTextObject(text=_cut(escape(text), limit))
+
+
+def blocks(message: Message) -> list[Block]:
+    """Header, the sentence, the fields (ten per section), the buttons, then type and subject."""
+    result: list[Block] = [HeaderBlock(text=_cut(message.title, _HEADER_MAX)), SectionBlock(text=_mrkdwn(message.text))]
+    for chunk in batched(message.fields, _FIELDS_PER_SECTION):
+        result.append(SectionBlock(fields=[
+            MarkdownTextObject(text=_cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX)) for label, value in chunk]))
+    if message.actions:
+        result.append(ActionsBlock(elements=[
+            ButtonElement(text=_cut(action.label, _BUTTON_MAX), url=action.url, action_id=f"vifgate-{i}",
+                          style=_BUTTON_STYLES.get(action.style))
+            for i, action in enumerate(message.actions)]))
+    result.append(ContextBlock(elements=[_mrkdwn(f"{message.event_type} · {message.subject}")]))
+    return result
+
+
+def payload(message: Message) -> dict[str, Any]:
+    """The message body; `text` is what notifications and screen readers show."""
+    return {"text": _cut(escape(message.text), _TEXT_MAX), "blocks": [block.to_dict() for block in blocks(message)]}
+
+
+def post_webhook(url: str, body: dict[str, Any], *, timeout: float) -> Reply:
+    """Post to an incoming webhook; a non-2xx answer's body is Slack's error code (`no_service`)."""
+    client = WebhookClient(url, timeout=timeout, logger=_SDK_LOGGER, retry_handlers=[])
+    response = client.send_dict(body)
+    code = "" if 200 <= response.status_code < 300 else _code(response.body)
+    return Reply(response.status_code, header(response.headers, "Retry-After"), code)
+
+
+def post_message(token: str, channel: str, body: dict[str, Any], *, api_url: str, timeout: float) -> Reply:
+    """chat.postMessage with a bot token; the API's `error` (invalid_auth, ratelimited...) is the code."""
+    # Retries are the notifier's: slack_sdk's rate-limit handler sleeps without a budget.
+    client = WebClient(token=token, base_url=api_url, timeout=timeout, logger=_SDK_LOGGER, retry_handlers=[])
+    try:
+        response = client.chat_postMessage(channel=channel, **body)
+    except SlackApiError as error:
+        response = error.response
+    data = response.data if isinstance(response.data, dict) else {}
+    code = "" if data.get("ok") else _code(data.get("error")) or "unexpected_response"
+    return Reply(response.status_code, header(response.headers, "Retry-After"), code)
+
+
+def _code(text: object) -> str:
+    """Slack's error code (`no_service`, `invalid_auth`), or "" for anything else, e.g. a proxy's HTML page."""
+    text = text.strip() if isinstance(text, str) else ""
+    return text if _ERROR_CODE.fullmatch(text) else ""

@@ -1,0 +1,73 @@
+"""The notifier Lambda: events from the SQS FIFO queue, formatted for people, posted to chat.
+
+Partial batch failures are real: a record that cannot be delivered *yet* (429 past its wait, 5xx,
+network) fails, and the FIFO processor fails every record after it so no VIF's messages overtake
+each other; SQS redelivers them. A destination that will never accept the message (404, 410,
+bad secret) does not block the queue: the event goes to the dead-letter queue with a log line
+that says which destination and why. Each (event, destination) is delivered once: the ledger
+remembers deliveries, so a redelivered batch does not post twice to the rooms that already got it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from pydantic import ValidationError
+
+from . import events
+from .chatops import Undeliverable
+from .log import logger
+from .runtime import Runtime
+
+
+def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, list]:
+    """The Lambda's answer: {"batchItemFailures": [...]}, read by SQS (ReportBatchItemFailures)."""
+    processor = SqsFifoPartialProcessor()
+    return process_partial_response(event=event, record_handler=lambda record: deliver(record, runtime),
+                                    processor=processor, context=context)
+
+
+def deliver(record: SQSRecord, runtime: Runtime) -> None:
+    """Post one event to every destination that wants it; RetryLater propagates (record fails)."""
+    try:
+        event = events.parse(record.body)
+    except (ValidationError, ValueError) as exc:
+        # A message that is not one of our events will never parse: retrying it would only block
+        # its FIFO group. It goes to the dead-letter queue for a person to look at.
+        _dead_letter(runtime, record, "(none)", f"not a VIF Gatekeeper event: {_first_error(exc)}",
+                     group=record.attributes.message_group_id or "unparseable", dedup=record.message_id)
+        return
+    notifier = runtime.notifier
+    for destination in notifier.destinations_for(event):
+        if runtime.ledger.delivered(event.id, destination.name):
+            continue
+        try:
+            notifier.send(event, destination)
+            outcome = "sent"
+        except Undeliverable as exc:
+            _dead_letter(runtime, record, destination.name, str(exc), group=event.subject,
+                         dedup=f"{event.id}-{destination.name}"[:128])
+            outcome = "dead-lettered"
+        runtime.ledger.mark_delivered(event.id, destination.name, runtime.clock(), outcome)
+
+
+def _dead_letter(runtime: Runtime, record: SQSRecord, destination: str, why: str, *, group: str, dedup: str) -> None:
+    logger.error("chat delivery given up: message moved to the dead-letter queue",
+                 extra={"destination": destination, "reason": why, "message_id": record.message_id})
+    if runtime.settings.dead_letter_queue is None:
+        raise RuntimeError(f"cannot deliver to {destination} ({why}) and VIFGATE_EVENTS_DLQ is not set")
+    runtime.sqs.send_message(
+        QueueUrl=runtime.queue_url(runtime.settings.dead_letter_queue), MessageBody=record.body,
+        MessageGroupId=group, MessageDeduplicationId=dedup,
+        MessageAttributes={"destination": {"DataType": "String", "StringValue": destination},
+                           "reason": {"DataType": "String", "StringValue": why[:1000]}})
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError) and exc.errors():
+        error = exc.errors()[0]
+        return f"{'.'.join(map(str, error['loc'])) or 'body'}: {error['msg']}"
+    return json.dumps(str(exc))[:200]
