@@ -194,3 +194,9 @@ def test_a_missing_ledger_table_is_explained(cloud, capsys):
     assert ("FAILED osc-prod: ledger table no-such-table does not exist in this account/region "
             "(deploy infra/template.json, set VIFGATE_TABLE, or run `vifgate sandbox` for a local one)") in out
     assert confirm_calls(cloud.directlink) == []
+
+
+def test_schema_command_prints_the_published_schema(capsys):
+    code, out, _ = run(capsys, "schema")
+    root = Path(__file__).resolve().parent.parent
+    assert code == 0 and out == (root / "docs/events.schema.json").read_text()
