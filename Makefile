@@ -14,12 +14,13 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test sandbox check clean
+.PHONY: help setup demo test sandbox bench clean
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
 	@echo "make test     set up .venv, then run the whole test suite"
 	@echo "make sandbox  start the DirectLink sandbox + AWS emulator and print export lines"
+	@echo "make bench    time a poll cycle over 8 targets, sequential vs concurrent"
 	@echo "make clean    remove .venv and caches"
 
 $(STAMP): pyproject.toml requirements.txt
@@ -44,6 +45,9 @@ test: $(STAMP)
 
 sandbox: $(STAMP)
 	$(VENV)/bin/vifgate sandbox
+
+bench: $(STAMP)
+	$(PY) bench/poll_cycle.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

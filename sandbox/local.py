@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+from moto.dynamodb.responses import DynamoHandler
 from moto.server import ThreadedMotoServer
 
 from chalicelib.ledger import create_table
@@ -20,6 +21,29 @@ from . import DirectLinkSandbox, SandboxClock, scenario
 
 # moto's embedded werkzeug server logs every request line; the demo's output is for people.
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+def _serialize_moto_dynamodb() -> None:
+    """Give moto's DynamoDB the atomicity the real one has.
+
+    DynamoDB applies each request (a conditional write, a transaction) atomically. moto does not
+    under threads: TransactWriteItems deep-copies tables that other threads are writing ("dictionary
+    changed size during iteration"), and two conditional writes can both pass. The poller runs its
+    targets on threads, so every in-process moto DynamoDB request here takes one lock.
+    """
+    if getattr(DynamoHandler.call_action, "serialized", False):
+        return
+    lock, call_action = threading.RLock(), DynamoHandler.call_action
+
+    def serialized(self, *args, **kwargs):
+        with lock:
+            return call_action(self, *args, **kwargs)
+
+    serialized.serialized = True
+    DynamoHandler.call_action = serialized
+
+
+_serialize_moto_dynamodb()
 
 REGION = "eu-west-2"
 TABLE = "vifgate-sandbox-ledger"

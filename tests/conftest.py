@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -91,27 +90,3 @@ def aws():
 def confirm_calls(sb: DirectLinkSandbox) -> list[str]:
     """Every ConfirmPrivateVirtualInterface request that reached the sandbox, refused or not."""
     return [op for op, _account in sb.calls if op == "ConfirmPrivateVirtualInterface"]
-
-
-class SerializedClient:
-    """A boto3 client whose calls run one at a time.
-
-    DynamoDB evaluates a condition and writes an item atomically; moto does not under threads.
-    Serializing the calls gives the tests DynamoDB's guarantee, not a stronger one.
-    """
-
-    _lock = threading.Lock()
-
-    def __init__(self, client):
-        self._client = client
-
-    def __getattr__(self, name):
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return call

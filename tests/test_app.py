@@ -16,7 +16,7 @@ from chalicelib.log import logger
 from chalicelib.runtime import Runtime, Settings, load_policy
 from sandbox import scenario
 from sandbox.local import create_queues
-from tests.conftest import TABLE, SerializedClient, confirm_calls
+from tests.conftest import TABLE, confirm_calls
 
 # The stages' variables come from .chalice/config.json; these are what they name.
 STAGE_TABLE = {"dev": "vifgate-dev-ledger", "prod": "vifgate-prod-ledger"}
@@ -132,8 +132,9 @@ def test_two_cycles_at_once_on_one_ledger_confirm_each_vif_once(aws, directlink,
     config = tmp_path / "vifgate.yaml"
     config.write_text(scenario.CONFIG)
     settings = Settings(config_source=str(config), table_name=TABLE)
+    # Each poller has its own clients; sandbox.local gives moto DynamoDB's per-request atomicity.
     pollers = [Runtime(settings, policy=load_policy(str(config)), clock=sb.clock,
-                       dynamodb=SerializedClient(boto3.client("dynamodb"))) for _ in range(2)]
+                       dynamodb=boto3.client("dynamodb")) for _ in range(2)]
     start = threading.Barrier(2)
     reports = [None, None]
 
