@@ -246,7 +246,8 @@ def parse_policy(text: str, source: str = "<config>") -> Policy:
     if document is None:
         raise ConfigError(source, ["the document is empty: it needs 'targets' (and usually 'rules')"])
     if not isinstance(document, dict):
-        raise ConfigError(source, [f"the document must be a mapping with 'targets' and 'rules', got {type(document).__name__}"])
+        raise ConfigError(source, ["the document must be a mapping with 'targets' and 'rules', "
+                                   f"got {type(document).__name__}"])
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:

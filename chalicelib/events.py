@@ -74,7 +74,8 @@ class ExpiryWarning(VifData, DeadlineFields):
 
 class Expired(VifData, DeadlineFields):
     how: Literal["state", "disappeared"] = Field(
-        description="state: the cloud reports `expired` (OUTSCALE); disappeared: no longer listed while confirming (AWS)")
+        description=("state: the cloud reports `expired` (OUTSCALE); "
+                     "disappeared: no longer listed while confirming (AWS)"))
 
 
 class Disappeared(VifData):

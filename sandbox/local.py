@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from chalicelib.ledger import create_table
 
 from . import DirectLinkSandbox, SandboxClock, scenario
+import contextlib
 
 # moto's embedded werkzeug server logs every request line; the demo's output is for people.
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -146,9 +147,7 @@ def serve(port: int = 4566, aws_port: int = 5005) -> int:
         print("# Ctrl-C stops it.", flush=True)
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     print("sandbox stopped", file=sys.stderr)
     return 0

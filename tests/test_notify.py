@@ -36,14 +36,14 @@ def chat(aws, monkeypatch):
         secrets.create_secret(Name="vifgate/prod/chat", SecretString=json.dumps(
             {"slack": receiver.url + SLACK_PATH, "teams": receiver.url + "/teams", "hook": receiver.url + "/hook",
              "signing": SIGNING_SECRET}))
-        chat_config = f"""
+        chat_config = """
 chat:
   destinations:
-    - {{name: netops-slack, kind: slack, url: {{secret_id: vifgate/prod/chat, key: slack}}}}
-    - {{name: netops-teams, kind: teams, url: {{secret_id: vifgate/prod/chat, key: teams}},
-       events: [vif.approval_requested, vif.expiry_warning]}}
-    - {{name: audit-hook, kind: webhook, url: {{secret_id: vifgate/prod/chat, key: hook}},
-       signing_secret: {{secret_id: vifgate/prod/chat, key: signing}}}}
+    - {name: netops-slack, kind: slack, url: {secret_id: vifgate/prod/chat, key: slack}}
+    - {name: netops-teams, kind: teams, url: {secret_id: vifgate/prod/chat, key: teams},
+       events: [vif.approval_requested, vif.expiry_warning]}
+    - {name: audit-hook, kind: webhook, url: {secret_id: vifgate/prod/chat, key: hook},
+       signing_secret: {secret_id: vifgate/prod/chat, key: signing}}
 """
         boto3.client("ssm").put_parameter(Name="/vifgate/prod/config", Value=scenario.CONFIG + chat_config,
                                           Type="SecureString")
