@@ -68,11 +68,12 @@ def world(targets: int, vifs: int, latency_ms: int, tag: str) -> tuple[DirectLin
                         asn=65001)
         boto3.client("secretsmanager").create_secret(
             Name=f"bench/{tag}/{t}", SecretString=json.dumps({"access_key_id": key, "secret_access_key": secret}))
-        target_lines.append(f"  - {{name: t{t}, provider: outscale, credentials: {{secret_id: bench/{tag}/{t}}}}}")
+        target_lines.append(f"  - {{name: t{t}, provider: outscale, account_id: '{account}', "
+                            f"credentials: {{secret_id: bench/{tag}/{t}}}}}")
         # Half the VIFs match (vlan range), half are asked about: both paths are exercised.
         low = 2 + t * vifs
         rule_lines.append(f"  - {{name: r{t}, accounts: ['{account}'], vlan: {{min: {low}, max: {low + vifs // 2 - 1}}}, "
-                          f"gateway: {gateway}, action: confirm}}")
+                          f"connections: [{connection}], gateway: {gateway}, action: confirm}}")
     return sb, "targets:\n" + "\n".join(target_lines) + "\nrules:\n" + "\n".join(rule_lines) + "\n"
 
 

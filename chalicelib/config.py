@@ -99,8 +99,9 @@ class Target(_Doc):
     endpoint_url: Annotated[str, _pattern(r"https?://\S+", "an http(s) URL")] | None = None
     credentials: Credentials | None = None
     role_arn: RoleArn | None = None
-    # The account polled. When set, VIFs this account allocated to others are left to them.
-    account_id: AccountId | None = None
+    # The account these credentials act as. VIFs it allocated to others are never confirmed or
+    # rejected by it (a hub deleting its own allocations would be a rejection of somebody else's).
+    account_id: AccountId
 
     @model_validator(mode="after")
     def _provider_fields(self) -> Target:
@@ -110,6 +111,9 @@ class Target(_Doc):
                 f"(known: {', '.join(OUTSCALE_REGIONS)}); set endpoint_url to use another")
         if self.provider == "outscale" and self.role_arn is not None:
             raise ValueError("role_arn is for provider aws; OUTSCALE takes credentials")
+        if self.provider == "outscale" and self.credentials is None:
+            # Without them boto3 would sign with the Lambda's own AWS keys and send them to OUTSCALE.
+            raise ValueError("provider outscale needs credentials (secret_id or profile)")
         return self
 
 
@@ -131,8 +135,9 @@ class Rule(_Doc):
     """Ordered: the first rule whose every constraint matches a VIF decides it."""
 
     name: Name
-    accounts: list[AccountId] = Field(min_length=1)
-    connections: list[ConnectionId] | None = None
+    accounts: list[AccountId] = Field(min_length=1, description="the VIF's ownerAccount: the account receiving it")
+    connections: list[ConnectionId] | None = Field(default=None, description="the partner connections trusted")
+    any_connection: bool = Field(default=False, description="confirm from any connection (explicit opt-in)")
     targets: list[Name] | None = None
     vlan: VlanRange | None = None
     asn: list[Annotated[int, Field(ge=1, le=4294967294)]] | None = None
@@ -141,9 +146,16 @@ class Rule(_Doc):
     action: Literal["confirm", "ask", "reject"]
 
     @model_validator(mode="after")
-    def _gateway_for_confirm(self) -> Rule:
+    def _confirm_is_bounded(self) -> Rule:
         if self.action == "confirm" and self.gateway is None:
             raise ValueError("action confirm needs a gateway (the vgw-... to attach on confirm)")
+        # Whoever allocates a hosted VIF chooses its vlan, asn and name; only the connection says
+        # who the allocator is. Trusting every connection must be said out loud.
+        if self.action == "confirm" and self.connections is None and not self.any_connection:
+            raise ValueError("action confirm needs connections (the partner connections you trust), "
+                             "or any_connection: true to trust every allocator")
+        if self.connections is not None and self.any_connection:
+            raise ValueError("give connections or any_connection: true, not both")
         return self
 
 
@@ -254,6 +266,14 @@ def parse_policy(text: str, source: str = "<config>") -> Policy:
         raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
 
 
+_SECRET_FIELDS = {"chat", "credentials", "url", "token", "signing_secret"}
+
+
+def _may_be_secret(loc: tuple) -> bool:
+    """Someone may paste a webhook URL or a key where a reference belongs: never echo it back."""
+    return any(part in _SECRET_FIELDS for part in loc)
+
+
 def _describe(error: dict[str, Any]) -> str:
     """One pydantic error as `rules[2].gateway: <what is wrong>`."""
     path = ""
@@ -262,7 +282,7 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (check its spelling)"
-    elif error["type"] not in ("value_error", "missing") and "input" in error:
+    elif error["type"] not in ("value_error", "missing") and "input" in error and not _may_be_secret(error["loc"]):
         message += f" (got {error['input']!r})"
     # Errors raised by a model validator carry their own path inside the message.
     if message.startswith(("rules[", "targets[", "chat.")) or not path:

@@ -44,9 +44,10 @@ class DirectLinkSandbox:
         """Register a location (datacenter)."""
         self._state.add_location(code, name)
 
-    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str = "10Gbps") -> str:
-        """Create an available connection; returns its dxcon- id."""
-        return self._state.add_connection(owner_account, name, location, bandwidth)
+    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str = "10Gbps",
+                       connection_id: str | None = None) -> str:
+        """Create an available connection; returns its dxcon- id (given, or a new one)."""
+        return self._state.add_connection(owner_account, name, location, bandwidth, connection_id)
 
     def add_gateway(self, account_id: str, state: str = "available", gateway_id: str | None = None) -> str:
         """Create a virtual gateway in account_id; returns its vgw- id."""

@@ -206,12 +206,15 @@ class DirectLinkState:
         with self._lock:
             self._locations[code] = Location(code, name)
 
-    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str) -> str:
+    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str,
+                       connection_id: str | None = None) -> str:
         """Create an available connection owned by owner_account; returns its dxcon- id."""
         with self._lock:
             if location not in self._locations:
                 raise ValueError(f"unknown location {location!r}; add it with add_location first")
-            connection_id = self._new_id("dxcon")
+            if connection_id in self._connections:
+                raise ValueError(f"connection {connection_id} already exists")
+            connection_id = connection_id or self._new_id("dxcon")
             self._connections[connection_id] = Connection(connection_id, owner_account, name, location, bandwidth)
             return connection_id
 

@@ -19,6 +19,7 @@ KEYS = {
     LAB: ("AKIDSANDBOXLAB000001", "sandbox-secret-lab"),
 }
 PROD_GATEWAY, STAGING_GATEWAY, LAB_GATEWAY = "vgw-0a1b2c3d", "vgw-5e6f7a8b", "vgw-9c0d1e2f"
+PARTNER_CONNECTION = "dxcon-fpar10g1"  # the partner's 10G port in Paris: what the confirm rules trust
 
 TARGETS = {"osc-prod": PROD, "osc-staging": STAGING, "osc-lab": LAB}
 
@@ -39,12 +40,14 @@ targets:
 rules:
   - name: partner-prod
     accounts: ["{PROD}"]
+    connections: [{PARTNER_CONNECTION}]
     vlan: {{min: 100, max: 199}}
     asn: [65001, 65002]
     gateway: {PROD_GATEWAY}
     action: confirm
   - name: partner-staging
     accounts: ["{STAGING}"]
+    connections: [{PARTNER_CONNECTION}]
     vif_name: "stg-*"
     gateway: {STAGING_GATEWAY}
     action: confirm
@@ -66,7 +69,7 @@ def seed(sb: DirectLinkSandbox) -> World:
     sb.add_location("PAR1", "Equinix PA3, Paris")
     sb.add_location("PAR4", "Interxion PAR7, Paris")
     connection = sb.add_connection(owner_account=PARTNER, name="partner-par-10g", location="PAR1",
-                                   bandwidth="10Gbps")
+                                   bandwidth="10Gbps", connection_id=PARTNER_CONNECTION)
     sb.add_gateway(PROD, state="available", gateway_id=PROD_GATEWAY)
     sb.add_gateway(STAGING, state="pending", gateway_id=STAGING_GATEWAY)
     sb.add_gateway(LAB, state="available", gateway_id=LAB_GATEWAY)

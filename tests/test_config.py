@@ -8,10 +8,10 @@ import pytest
 from chalicelib.config import ConfigError, parse_duration, parse_policy
 
 GOOD = {
-    "targets": [{"name": "osc-par", "provider": "outscale", "region": "eu-west-2",
+    "targets": [{"name": "osc-par", "provider": "outscale", "region": "eu-west-2", "account_id": "111122223333",
                  "credentials": {"secret_id": "vifgate/osc-par"}},
-                {"name": "aws-hub", "provider": "aws", "region": "eu-west-1",
-                 "role_arn": "arn:aws:iam::111122223333:role/vif-gatekeeper"}],
+                {"name": "aws-hub", "provider": "aws", "region": "eu-west-1", "account_id": "444455556666",
+                 "role_arn": "arn:aws:iam::444455556666:role/vif-gatekeeper"}],
     "rules": [{"name": "partner-prod", "accounts": ["111122223333"], "connections": ["dxcon-fg5678gh"],
                "vlan": {"min": 100, "max": 199}, "asn": [65000], "vif_name": "prod-*",
                "gateway": "vgw-12345678", "action": "confirm"}],
@@ -47,8 +47,10 @@ targets:
   - name: osc-par
     provider: outscale
     region: eu-west-2
+    account_id: 111122223333
     credentials: {secret_id: vifgate/osc-par}
-  - {name: aws-hub, provider: aws, region: eu-west-1, role_arn: "arn:aws:iam::111122223333:role/vif-gatekeeper"}
+  - {name: aws-hub, provider: aws, region: eu-west-1, account_id: "444455556666",
+     role_arn: "arn:aws:iam::444455556666:role/vif-gatekeeper"}
 rules:
   - name: partner-prod
     accounts: [111122223333]      # YAML reads this as a number; it is still an account id
@@ -80,6 +82,12 @@ expiry_alerts: [72h, 24h, 4h]
     ("rules.0.gateway", ..., "rules[0]: action confirm needs a gateway (the vgw-... to attach on confirm)"),
     ("rules.0.name", "bad name!", "rules[0].name: 'bad name!' is not a name (letters, digits, . _ -)"),
     ("rules.0.acounts", ["111122223333"], "rules[0].acounts: unknown field (check its spelling)"),
+    ("rules.0.connections", ..., "rules[0]: action confirm needs connections (the partner connections you trust), "
+                                 "or any_connection: true to trust every allocator"),
+    ("rules.0.any_connection", True, "rules[0]: give connections or any_connection: true, not both"),
+    ("targets.0.credentials", ..., "targets[0]: provider outscale needs credentials (secret_id or profile)"),
+    ("targets.1.account_id", ..., "targets[1].account_id: Field required"),
+    ("targets.1.account_id", "1111", "targets[1].account_id: '1111' is not a 12-digit account id"),
     ("default_action", "confirm", "default_action: Input should be 'ask', 'ignore' or 'reject' (got 'confirm')"),
     ("defualt_action", "ask", "defualt_action: unknown field (check its spelling)"),
     ("expiry_alerts", ["72 hours"], "expiry_alerts[0]: '72 hours' is not a duration like '72h', '30m' or '2d'"),
@@ -118,6 +126,22 @@ def test_error_text_names_the_source():
     with pytest.raises(ConfigError) as info:
         parse_policy(with_change("rules.0.gateway", "vgw-xyz"), "/etc/vifgate.yaml")
     assert str(info.value).startswith("invalid config /etc/vifgate.yaml:\n  - rules[0].gateway:")
+
+
+def test_a_pasted_secret_is_never_echoed():
+    doc = json.loads(json.dumps(GOOD))
+    doc["chat"] = {"destinations": [{"name": "s", "kind": "webhook", "url": "https://hooks.example/T0/B0/s3cr3t-path",
+                                     "signing_secret": "my-hmac-s3cr3t"}]}
+    doc["targets"][0]["credentials"] = "AKIDEXAMPLE:s3cr3t-key"
+    found = "\n".join(problems(json.dumps(doc)))
+    assert "chat.destinations[0].url" in found and "targets[0].credentials" in found
+    assert "s3cr3t" not in found
+
+
+def test_any_connection_is_an_explicit_opt_in():
+    doc = json.loads(with_change("rules.0.connections", ...))
+    doc["rules"][0]["any_connection"] = True
+    assert parse_policy(json.dumps(doc)).rules[0].any_connection is True
 
 
 @pytest.mark.parametrize("text, expected", [("72h", timedelta(hours=72)), ("30m", timedelta(minutes=30)),

@@ -15,7 +15,13 @@ KEY, SECRET = scenario.KEYS[scenario.PROD]
 
 
 def target(**fields) -> Target:
-    return Target.model_validate({"name": "t", "provider": "outscale", "region": "eu-west-2", **fields})
+    """A target signed by the base session (the keyed one the tests hand in) unless fields say otherwise."""
+    return Target.model_validate({"name": "t", "provider": "aws", "region": "eu-west-2",
+                                  "account_id": scenario.PROD, **fields})
+
+
+def outscale(**fields) -> Target:
+    return target(**{"provider": "outscale", "credentials": {"profile": "unused"}, **fields})
 
 
 def keyed_session():
@@ -97,12 +103,15 @@ def test_unknown_key_is_a_clear_target_error(directlink):
     ({"region": "cloudgouv-eu-west-1"}, {}, "https://directlink.cloudgouv-eu-west-1.outscale.com"),
     ({"endpoint_url": "http://127.0.0.1:9"}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://x"}, "http://127.0.0.1:9"),
     ({}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://127.0.0.1:8"}, None),  # botocore applies the variable
-    ({"provider": "aws", "region": "eu-west-1"}, {}, None),
 ])
-def test_endpoint_resolution(fields, env, expected, monkeypatch):
+def test_outscale_endpoint_resolution(fields, env, expected, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert endpoint_url(target(**fields)) == expected
+    assert endpoint_url(outscale(**fields)) == expected
+
+
+def test_aws_endpoints_are_botocores():
+    assert endpoint_url(target(region="eu-west-1")) is None
 
 
 def test_the_standard_endpoint_variable_reaches_the_client(directlink):
@@ -113,7 +122,7 @@ def test_the_standard_endpoint_variable_reaches_the_client(directlink):
 
 
 def test_credentials_from_a_secret(aws, directlink):
-    api = DirectLinkClients().get(target(credentials=Credentials(secret_id=scenario.secret_id("osc-prod"))))
+    api = DirectLinkClients().get(outscale(credentials=Credentials(secret_id=scenario.secret_id("osc-prod"))))
     assert len(api.describe_virtual_interfaces()) == 3
 
 
@@ -121,7 +130,7 @@ def test_credentials_from_a_secret(aws, directlink):
 def test_a_malformed_secret_is_named_but_not_shown(aws, secret):
     boto3.client("secretsmanager").create_secret(Name="vifgate/broken", SecretString=secret)
     with pytest.raises(TargetError) as info:
-        DirectLinkClients().get(target(credentials=Credentials(secret_id="vifgate/broken")))
+        DirectLinkClients().get(outscale(credentials=Credentials(secret_id="vifgate/broken")))
     assert str(info.value) == ("get_secret_value on t failed: BadSecret: secret vifgate/broken must be JSON "
                                "with access_key_id and secret_access_key")
 
@@ -129,7 +138,7 @@ def test_a_malformed_secret_is_named_but_not_shown(aws, secret):
 def test_assumed_role_credentials_are_used_and_cached(aws, monkeypatch):
     role = boto3.client("iam").create_role(RoleName="vif-gatekeeper", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     clients = DirectLinkClients()
-    aws_target = Target(name="hub", provider="aws", region="eu-west-1", role_arn=role)
+    aws_target = Target(name="hub", provider="aws", region="eu-west-1", role_arn=role, account_id=scenario.PROD)
     first = clients.get(aws_target)
     creds = first.client._request_signer._credentials
     assert creds.access_key != "testing" and creds.token, "the client signs with the assumed role's keys"

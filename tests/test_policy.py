@@ -12,7 +12,7 @@ PROD, STAGING, STRANGER = "111122223333", "444455556666", "999999999999"
 
 POLICY = parse_policy(f"""
 targets:
-  - {{name: osc-prod, provider: outscale, region: eu-west-2}}
+  - {{name: osc-prod, provider: outscale, region: eu-west-2, account_id: "{PROD}", credentials: {{profile: p}}}}
   - {{name: aws-hub, provider: aws, region: eu-west-1, account_id: "{PROD}"}}
 rules:
   - name: partner-prod
@@ -99,7 +99,7 @@ def test_default_action(default, expected):
 
 def test_reject_rule():
     policy = parse_policy(f"""
-targets: [{{name: t, provider: aws, region: eu-west-1}}]
+targets: [{{name: t, provider: aws, region: eu-west-1, account_id: "{STAGING}"}}]
 rules: [{{name: no-666, accounts: ["{STAGING}"], vlan: {{min: 666, max: 666}}, action: reject}}]
 """)
     assert decide(vif(owner=STAGING, vlan=666), {}, policy) == Reject(rule="no-666", reason="rule no-666 rejects it")
@@ -114,8 +114,10 @@ def test_vif_allocated_by_the_polled_account_is_left_to_its_owner():
 
 def test_rule_limited_to_targets():
     policy = parse_policy(f"""
-targets: [{{name: a, provider: aws, region: eu-west-1}}, {{name: b, provider: aws, region: eu-west-1}}]
-rules: [{{name: only-a, accounts: ["{PROD}"], targets: [a], gateway: vgw-12345678, action: confirm}}]
+targets: [{{name: a, provider: aws, region: eu-west-1, account_id: "{PROD}"}},
+          {{name: b, provider: aws, region: eu-west-1, account_id: "{PROD}"}}]
+rules: [{{name: only-a, accounts: ["{PROD}"], targets: [a], gateway: vgw-12345678, action: confirm,
+         any_connection: true}}]
 """)
     assert decide(vif(), AVAILABLE, policy, policy.target("a")).action == "confirm"
     assert decide(vif(), AVAILABLE, policy, policy.target("b")) == Ask(reason=f"no rule matches account {PROD}")

@@ -9,7 +9,8 @@ from chalicelib.ledger import iso
 from chalicelib.models import VirtualInterface
 from chalicelib.transitions import CERTAINTY_WINDOW, expiry_warning, observe
 
-POLICY = parse_policy("targets: [{name: t, provider: aws, region: eu-west-1}]\nexpiry_alerts: [72h, 24h, 4h]")
+POLICY = parse_policy("targets: [{name: t, provider: aws, region: eu-west-1, account_id: '111122223333'}]\n"
+                      "expiry_alerts: [72h, 24h, 4h]")
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 VIF = VirtualInterface.model_validate({"virtualInterfaceId": "dxvif-1", "virtualInterfaceState": "confirming",
                                        "ownerAccount": "111122223333", "authKey": "secret"})
