@@ -12,19 +12,22 @@ from dataclasses import dataclass
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
 
 from .config import Target
-from .models import VirtualGateway, VirtualInterface, parse_gateways, parse_vifs
+from .log import logger
+from .models import VirtualGateway, VirtualInterface, parse_gateways
 
 # Throttling and 5xx are retried by botocore with backoff; `legacy` mode (the default) retries
 # fewer error codes, so the mode is set explicitly. The count bounds how long one target can stall.
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 4
 CLIENT_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
     connect_timeout=5,
-    read_timeout=20,
+    read_timeout=10,
     user_agent_extra="vif-gatekeeper",
 )
+SECRET_SESSION_SECONDS = 900  # keys from Secrets Manager are read again this often (rotation)
 MAX_PAGES = 1000
 ROLE_SESSION_SECONDS = 3600
 REFRESH_MARGIN_SECONDS = 300
@@ -78,7 +81,7 @@ class DirectLinkApi:
         seen_tokens: set[str] = set()
         for _ in range(MAX_PAGES):
             page = self._call("describe_virtual_interfaces", **params)
-            vifs.extend(parse_vifs(page.get("virtualInterfaces")))
+            vifs.extend(self._parse(page.get("virtualInterfaces") or []))
             token = page.get("nextToken")
             if not token:
                 return vifs
@@ -89,6 +92,28 @@ class DirectLinkApi:
             params = {"nextToken": token}
         raise TargetError(self.target.name, "describe_virtual_interfaces", "TooManyPages",
                           f"more than {MAX_PAGES} pages", retryable=False)
+
+    def _parse(self, items: list[dict]) -> list[VirtualInterface]:
+        """VIFs one by one: one the model cannot read is skipped and named, never echoed (authKey)."""
+        vifs = []
+        for item in items:
+            try:
+                vifs.append(VirtualInterface.model_validate(item))
+            except ValidationError as exc:
+                fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+                logger.error("unreadable virtual interface skipped", extra={
+                    "target": self.target.name, "vif_id": str(item.get("virtualInterfaceId"))[:64],
+                    "fields": fields})
+        return vifs
+
+    def describe_one(self, vif_id: str) -> VirtualInterface | None:
+        """One VIF as the API sees it now, or None when it cannot be read."""
+        try:
+            found = self._parse(self._call("describe_virtual_interfaces", virtualInterfaceId=vif_id)
+                                .get("virtualInterfaces") or [])
+        except TargetError:
+            return None
+        return next((v for v in found if v.id == vif_id), None)
 
     def describe_virtual_gateways(self) -> dict[str, VirtualGateway]:
         return parse_gateways(self._call("describe_virtual_gateways").get("virtualGateways"))
@@ -105,6 +130,7 @@ class DirectLinkApi:
 
 @dataclass
 class _Cached:
+    target: Target
     api: DirectLinkApi
     expires_at: float
 
@@ -122,7 +148,8 @@ class DirectLinkClients:
     def get(self, target: Target) -> DirectLinkApi:
         with self._lock:
             cached = self._cache.get(target.name)
-        if cached and cached.expires_at - REFRESH_MARGIN_SECONDS > time.time():
+        # A changed target (region, endpoint, credentials) in the policy gets a new client.
+        if cached and cached.target == target and cached.expires_at - REFRESH_MARGIN_SECONDS > time.time():
             return cached.api
         try:
             session, expires_at = self._session(target)
@@ -134,20 +161,21 @@ class DirectLinkClients:
             raise _wrap(target.name, "credentials", exc) from None
         api = DirectLinkApi(target, client)
         with self._lock:
-            self._cache[target.name] = _Cached(api, expires_at)
+            self._cache[target.name] = _Cached(target, api, expires_at)
         return api
 
     def _session(self, target: Target) -> tuple[boto3.Session, float]:
-        forever = float("inf")
+        expires_at = float("inf")  # profiles and the base session refresh themselves
         creds = target.credentials
         if creds and creds.profile:
             session = boto3.Session(profile_name=creds.profile)
         elif creds and creds.secret_id:
             session = boto3.Session(**self._keys_from_secret(target, creds.secret_id))
+            expires_at = time.time() + SECRET_SESSION_SECONDS + REFRESH_MARGIN_SECONDS
         else:
             session = self._base_session()
         if not target.role_arn:
-            return session, forever
+            return session, expires_at
         answer = session.client("sts", region_name=target.region, config=CLIENT_CONFIG).assume_role(
             RoleArn=target.role_arn, RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
             DurationSeconds=ROLE_SESSION_SECONDS)

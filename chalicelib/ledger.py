@@ -152,7 +152,18 @@ class Ledger:
         if not puts:
             self.client.update_item(**update)
             return
-        self.client.transact_write_items(TransactItems=[{"Update": update}, *puts])
+        for attempt in range(4):
+            try:
+                self.client.transact_write_items(TransactItems=[{"Update": update}, *puts])
+                return
+            except ClientError as exc:
+                # Another poller writing the same VIF at that instant cancels the transaction; the
+                # write is idempotent (same sort keys), so trying again is safe.
+                reasons = exc.response.get("CancellationReasons") or []
+                conflict = any(r.get("Code") == "TransactionConflict" for r in reasons)
+                if exc.response["Error"]["Code"] != "TransactionCanceledException" or not conflict or attempt == 3:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
 
     def mark_polled(self, target: str, at: datetime, events: Iterable = ()) -> None:
         """The target answered: remember when, and end any failing spell (with its events)."""

@@ -75,10 +75,6 @@ class VirtualGateway(_Wire):
         return self.virtual_gateway_state == "available"
 
 
-def parse_vifs(items: list[dict[str, Any]] | None) -> list[VirtualInterface]:
-    return [VirtualInterface.model_validate(item) for item in items or []]
-
-
 def parse_gateways(items: list[dict[str, Any]] | None) -> dict[str, VirtualGateway]:
     gateways = (VirtualGateway.model_validate(item) for item in items or [])
     return {g.virtual_gateway_id: g for g in gateways}

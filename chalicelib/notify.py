@@ -23,11 +23,32 @@ from .log import logger
 from .runtime import Runtime
 
 
+# Below this much time left, records are handed back to SQS rather than started (a post can
+# wait up to 10 s for Retry-After and take 5 s more).
+TIME_RESERVE_MS = 20_000
+
+
+class OutOfTime(Exception):
+    """Not started: too little of the invocation's time is left; SQS delivers the record again."""
+
+
 def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, list]:
-    """The Lambda's answer: {"batchItemFailures": [...]}, read by SQS (ReportBatchItemFailures)."""
-    processor = SqsFifoPartialProcessor()
-    return process_partial_response(event=event, record_handler=lambda record: deliver(record, runtime),
-                                    processor=processor, context=context)
+    """The Lambda's answer: {"batchItemFailures": [...]}, read by SQS (ReportBatchItemFailures).
+
+    A failure holds back the rest of its own VIF's messages only (skip_group_on_error): one VIF's
+    chat trouble does not hold up, or send to the DLQ, the others.
+    """
+    processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+    # Every record failing (chat down, out of time) is still an answer for SQS, not a crash.
+    processor.raise_on_entire_batch_failure = False
+
+    def record_handler(record: SQSRecord) -> None:
+        if context is not None and context.get_remaining_time_in_millis() < TIME_RESERVE_MS:
+            raise OutOfTime(record.message_id)
+        deliver(record, runtime)
+
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)
 
 
 def deliver(record: SQSRecord, runtime: Runtime) -> None:

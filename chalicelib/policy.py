@@ -75,7 +75,10 @@ def matching_rule(vif: VirtualInterface, policy: Policy, target: Target | None =
 
 def decide(vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None, policy: Policy,
            target: Target | None = None) -> Decision:
-    """Confirm, ask, reject, ignore, or nothing for one VIF. Never confirms without a rule."""
+    """Confirm, ask, reject, ignore, or nothing for one VIF. Never confirms without a rule.
+
+    `gateways` is the owner account's DescribeVirtualGateways answer, or None when it could not be had.
+    """
     if vif.state != CONFIRMING:
         return NoAction(reason=f"state is {vif.state}, not confirming")
     if target is not None and target.account_id and vif.owner_account != target.account_id:
@@ -89,7 +92,11 @@ def decide(vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None,
     if rule.action == "ask":
         return Ask(rule=rule.name, reason=f"rule {rule.name} asks a person to decide")
 
-    gateway = (gateways or {}).get(rule.gateway)
+    if gateways is None:  # the lookup failed: never confirm blind
+        return Ask(rule=rule.name, reason=(
+            f"rule {rule.name} would confirm it with {rule.gateway}, but the account's virtual gateways "
+            "could not be listed this cycle"))
+    gateway = gateways.get(rule.gateway)
     if gateway is None:
         return Ask(rule=rule.name, reason=(
             f"rule {rule.name} would confirm it with {rule.gateway}, but account "

@@ -6,9 +6,10 @@ leave for SQS at the end of the cycle, and whatever SQS refuses leaves with the 
 
 from __future__ import annotations
 
+import traceback
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -83,10 +84,13 @@ class CycleReport:
                 "events_pending": self.delivery.pending if self.delivery else 0}
 
 
-def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = True) -> CycleReport:
+def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = True,
+              budget_seconds: float | None = None) -> CycleReport:
     """Poll every target concurrently; one target's failure is reported, never spread.
 
     `record=False` (vifgate check) neither writes the ledger nor calls the API's write calls.
+    `budget_seconds`: targets still busy after it are reported as failed, so that the events of
+    the others are still sent before the Lambda's time runs out.
     Raises ConfigError before anything happens when the policy is invalid.
     """
     policy = runtime.policy
@@ -94,10 +98,17 @@ def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = T
     report = CycleReport(cycle_id=uuid.uuid4().hex[:12], started_at=runtime.clock(), dry_run=dry_run)
     workers = max(1, min(len(policy.targets), runtime.settings.max_workers))
     runtime.warm(ledger=record)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
-        futures = {t: pool.submit(_poll_target, runtime, policy, t, report.cycle_id, dry_run or not record, record)
-                   for t in policy.targets}
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
+    futures = {t: pool.submit(_poll_target, runtime, policy, t, report.cycle_id, dry_run or not record, record)
+               for t in policy.targets}
+    wait(futures.values(), timeout=budget_seconds)
+    pool.shutdown(wait=False, cancel_futures=True)  # a hung target must not hold the others' events back
     for target, future in futures.items():
+        if not future.done():
+            failure = TargetFailure(target.name, "Timeout", f"{target.name} did not finish within "
+                                                            f"{budget_seconds:.0f}s; reported failed for this cycle")
+            _failed(runtime, report, target, failure, record)
+            continue
         try:
             outcomes, produced = future.result()
             report.outcomes.extend(outcomes)
@@ -107,6 +118,14 @@ def run_cycle(runtime: Runtime, *, dry_run: bool | None = None, record: bool = T
             _failed(runtime, report, target, TargetFailure(target.name, exc.code, str(exc)), record)
         except (ClientError, BotoCoreError) as exc:  # the ledger itself failed for this target
             _failed(runtime, report, target, _ledger_failure(target.name, runtime.settings.table_name, exc), record)
+        except Exception as exc:  # a bug must not cost the other targets their cycle
+            # Only the type and the frames: an exception's text may quote the data it choked on.
+            logger.error("unexpected error polling a target", extra={
+                "target": target.name, "error_type": type(exc).__name__,
+                "frames": [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]})
+            _failed(runtime, report, target, TargetFailure(
+                target.name, type(exc).__name__, f"unexpected {type(exc).__name__} polling {target.name} (see the log)"),
+                record)
     if record and runtime.publishing:
         report.delivery = _flush(runtime)
     logger.info("cycle done", extra=report.summary())
@@ -159,7 +178,7 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
     # DescribeVirtualGateways only when some VIF may be confirmed: most cycles have none.
     wants_gateway = any(v.state == CONFIRMING and (r := matching_rule(v, policy, target)) and r.action == "confirm"
                         for v in vifs)
-    gateways = api.describe_virtual_gateways() if wants_gateway else {}
+    gateways = _gateways(api) if wants_gateway else {}
 
     outcomes, produced = [], []
     for vif in vifs:
@@ -177,7 +196,8 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
             entry.approval_requested_at = iso(now)
             sighting.emit("vif.approval_requested", now, vif, reason=decision.reason, rule=decision.rule,
                           **sighting.deadline_fields())
-        transitions.expiry_warning(sighting, vif, now, policy)
+        if action not in ("confirmed", "rejected"):  # no "expires soon" for a VIF just settled
+            transitions.expiry_warning(sighting, vif, now, policy)
         transitions.stuck_pending(sighting, vif, now, policy)
         entry.last_decision = action
         if record and sighting.changed:
@@ -204,6 +224,15 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
     return outcomes, produced
 
 
+def _gateways(api: DirectLinkApi) -> dict | None:
+    """The account's gateways, or None (VIFs are then asked about, never confirmed blind)."""
+    try:
+        return api.describe_virtual_gateways()
+    except TargetError as exc:
+        logger.warning("gateways could not be listed", extra={"target": api.target.name, "error": str(exc)})
+        return None
+
+
 def _act(runtime: Runtime, api: DirectLinkApi, sighting: transitions.Sighting, vif: VirtualInterface,
          decision: Confirm | Reject, cycle_id: str, dry_run: bool, record: bool, now: datetime) -> tuple[str, str]:
     """Confirm or reject once: claim in the ledger first, then call the API."""
@@ -224,18 +253,41 @@ def _act(runtime: Runtime, api: DirectLinkApi, sighting: transitions.Sighting, v
         else:
             api.reject(entry.vif_id)
     except TargetError as exc:
-        if record and not exc.retryable:  # a definite no: let the next cycle try again
-            runtime.ledger.release(entry.target, entry.vif_id, cycle_id)
-        logger.warning(f"{verb} failed", extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)})
-        return "failed", str(exc)
-    # The new state is recorded on the next sighting, which also emits its vif.state_changed.
+        if not _took_effect(api, entry.vif_id, decision):
+            if record and not exc.retryable:  # a definite no: let the next cycle try again
+                runtime.ledger.release(entry.target, entry.vif_id, cycle_id)
+            logger.warning(f"{verb} failed", extra={"target": entry.target, "vif_id": entry.vif_id,
+                                                     "error": str(exc)})
+            return "failed", str(exc)
+        # botocore retried a call whose first answer was lost, and the retry was refused because
+        # the first one had worked: the VIF says what happened.
+        logger.info(f"{verb} took effect despite an error answer", extra={"vif_id": entry.vif_id, "error": str(exc)})
     if isinstance(decision, Confirm):
         entry.confirmed_at = iso(now)
         sighting.emit("vif.confirmed", now, vif, by="rule", rule=decision.rule, gateway=decision.gateway)
-        return "confirmed", f"{decision.reason}; attached to {decision.gateway}"
-    sighting.emit("vif.rejected", now, vif, by="rule" if decision.rule else "default_action", rule=decision.rule,
-                  reason=decision.reason)
-    return "rejected", decision.reason
+        action, reason = "confirmed", f"{decision.reason}; attached to {decision.gateway}"
+    else:
+        sighting.emit("vif.rejected", now, vif, by="rule" if decision.rule else "default_action",
+                      rule=decision.rule, reason=decision.reason)
+        action, reason = "rejected", decision.reason
+    if record:  # at once: what was done must be on record even if the rest of the cycle fails
+        entry.last_decision = action
+        try:
+            runtime.ledger.save(entry, sighting.events)
+            sighting.written()
+        except (ClientError, BotoCoreError) as exc:
+            logger.error(f"{verb} done but not recorded; the next cycle sees the new state",
+                         extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)})
+    return action, reason
+
+
+def _took_effect(api: DirectLinkApi, vif_id: str, decision: Confirm | Reject) -> bool:
+    now = api.describe_one(vif_id)
+    if now is None:
+        return isinstance(decision, Reject)  # a rejected VIF may already be gone
+    if isinstance(decision, Confirm):
+        return now.state in ("pending", "available") and now.virtual_gateway_id == decision.gateway
+    return now.state in ("rejected", "deleting", "deleted")
 
 
 def _outcome(target: str, vif: VirtualInterface, entry, decision: Decision, action: str, reason: str) -> Outcome:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import boto3
@@ -103,7 +103,13 @@ def resolve_secret(ref: SecretRef) -> str:
 
 
 def load_policy(source: str) -> Policy:
-    return parse_policy(read_config_text(source), source)
+    return _parsed(read_config_text(source), source)
+
+
+@lru_cache(maxsize=4)
+def _parsed(text: str, source: str) -> Policy:
+    """Parsing is pure: a warm Lambda reading the same text again reuses the validated policy."""
+    return parse_policy(text, source)
 
 
 class Runtime:

@@ -13,6 +13,8 @@ from .models import CONFIRMING, VirtualInterface
 # A VIF first seen in `confirming` is known to be at most one poll old only if the previous poll
 # was recent; after a longer gap (or at the first poll) its deadline may be earlier than we think.
 CERTAINTY_WINDOW = timedelta(minutes=15)
+# How close to a certain deadline a vanished `confirming` VIF counts as expired rather than withdrawn.
+EXPIRY_MARGIN = timedelta(hours=1)
 
 
 def _copy(record: VifRecord) -> VifRecord:
@@ -71,7 +73,9 @@ def observe(before: VifRecord | None, target: str, vif: VirtualInterface, now: d
         sighting.emit("vif.discovered", now, vif, state=vif.state)
     elif before.state != vif.state:
         entry.state, entry.state_since = vif.state, iso(now)
-        sighting.emit("vif.state_changed", now, vif, facts=(before.state, vif.state, entry.state_since),
+        # The id comes from the previous state's start, not from `now`: two pollers seeing the same
+        # change name it the same, and FIFO deduplication keeps one.
+        sighting.emit("vif.state_changed", now, vif, facts=(before.state, vif.state, before.state_since),
                       **{"from": before.state, "to": vif.state})
         if vif.state == "expired":
             sighting.emit("vif.expired", now, vif, how="state", **sighting.deadline_fields())
@@ -79,11 +83,16 @@ def observe(before: VifRecord | None, target: str, vif: VirtualInterface, now: d
 
 
 def disappeared(before: VifRecord, now: datetime, region: str | None, publishing: bool = True) -> Sighting:
-    """A VIF no longer listed. On AWS a `confirming` VIF that expires simply vanishes."""
+    """A VIF no longer listed. On AWS a `confirming` VIF that expires simply vanishes.
+
+    Vanishing well before a certain deadline is a withdrawal (or a deletion), not an expiry.
+    """
     entry = replace(_copy(before), gone_at=iso(now))
     sighting = Sighting(before, entry, region, publishing)
     sighting.emit("vif.disappeared", now, None, last_state=before.state)
-    if before.state == CONFIRMING:
+    deadline = parse_iso(before.deadline)
+    near_deadline = deadline is None or not before.deadline_certain or now >= deadline - EXPIRY_MARGIN
+    if before.state == CONFIRMING and near_deadline:
         sighting.emit("vif.expired", now, None, how="disappeared", **sighting.deadline_fields())
     return sighting
 

@@ -128,7 +128,7 @@ def create_queues(sqs, events: str, dead_letters: str) -> str:
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return sqs.create_queue(QueueName=events, Attributes={
         "FifoQueue": "true", "ContentBasedDeduplication": "false", "VisibilityTimeout": "360",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})})["QueueUrl"]
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 10})})["QueueUrl"]
 
 
 def serve(port: int = 4566, aws_port: int = 5005) -> int:

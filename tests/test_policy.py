@@ -78,7 +78,8 @@ def test_only_confirming_vifs_get_a_decision(state):
 
 @pytest.mark.parametrize("gateways, reason", [
     ({}, f"rule partner-prod would confirm it with vgw-12345678, but account {PROD} has no such virtual gateway"),
-    (None, f"rule partner-prod would confirm it with vgw-12345678, but account {PROD} has no such virtual gateway"),
+    (None, "rule partner-prod would confirm it with vgw-12345678, but the account's virtual gateways could not "
+           "be listed this cycle"),
     *[({"vgw-12345678": VirtualGateway(virtualGatewayId="vgw-12345678", virtualGatewayState=s)},
        f"rule partner-prod would confirm it with vgw-12345678, but that gateway is {s}, not available")
       for s in ("pending", "deleting", "deleted", "weird-new-state")],

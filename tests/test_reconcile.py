@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -170,3 +172,103 @@ def test_claims(aws):
     stale = VifRecord(target="t", vif_id="dxvif-1", first_seen_at=iso(now), state="pending", state_since=iso(now))
     ledger.save(stale)  # an older copy without confirmed_at must not erase it
     assert ledger.load("t").vifs["dxvif-1"].confirmed_at == iso(now)
+
+
+def test_a_hung_target_is_reported_and_the_others_still_finish(aws, directlink, monkeypatch):
+    """A target that does not answer within the budget fails this cycle; the cycle returns in time."""
+    from chalicelib.directlink import DirectLinkApi
+
+    released = threading.Event()
+    listed = DirectLinkApi.describe_virtual_interfaces
+
+    def hang_for_lab(api):
+        if api.target.name == "osc-lab":
+            released.wait(10)
+        return listed(api)
+
+    monkeypatch.setattr(DirectLinkApi, "describe_virtual_interfaces", hang_for_lab)
+    settings = Settings(config_source="test", table_name=TABLE)
+    runtime = Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock)
+    started = time.monotonic()
+    report = reconcile.run_cycle(runtime, budget_seconds=2)
+    elapsed = time.monotonic() - started
+    released.set()
+    for thread in threading.enumerate():  # let the hung one finish inside moto, not after it
+        if thread.name.startswith("poll"):
+            thread.join(10)
+    assert elapsed < 5
+    assert [(f.target, f.code) for f in report.failures] == [("osc-lab", "Timeout")]
+    assert sorted(report.targets_ok) == ["osc-prod", "osc-staging"] and report.counts()["confirmed"] == 2
+
+
+def test_an_unexpected_error_in_one_target_is_contained_and_not_echoed(aws, directlink, monkeypatch, capsys):
+    original = reconcile.decide
+
+    def explode_for_lab(vif, *args, **kwargs):
+        if vif.owner_account == scenario.LAB:
+            raise ValueError("could not handle authKey=bgp-secret-in-an-error")
+        return original(vif, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "decide", explode_for_lab)
+    settings = Settings(config_source="test", table_name=TABLE)
+    report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
+    assert [(f.target, f.code) for f in report.failures] == [("osc-lab", "ValueError")]
+    assert report.failures[0].message == "unexpected ValueError polling osc-lab (see the log)"
+    assert report.counts()["confirmed"] == 2
+    logs = capsys.readouterr().err
+    assert "unexpected error polling a target" in logs and "bgp-secret-in-an-error" not in logs
+
+
+def test_when_gateways_cannot_be_listed_nothing_is_confirmed_blind(aws, directlink, monkeypatch):
+    from chalicelib.directlink import DirectLinkApi, TargetError
+
+    def refuse(api):
+        raise TargetError(api.target.name, "describe_virtual_gateways", "AccessDenied", "not allowed", retryable=False)
+
+    monkeypatch.setattr(DirectLinkApi, "describe_virtual_gateways", refuse)
+    settings = Settings(config_source="test", table_name=TABLE)
+    report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
+    prod_app = by_name(report)["prod-app"]
+    assert report.failures == [] and prod_app.action == "ask"
+    assert prod_app.reason.endswith("but the account's virtual gateways could not be listed this cycle")
+    assert confirm_calls(directlink) == []
+
+
+def test_a_confirm_whose_answer_was_lost_is_recognised(aws, directlink, monkeypatch):
+    """botocore retried a Confirm that had worked; the retry was refused. The VIF tells the truth."""
+    from chalicelib.directlink import DirectLinkApi, TargetError
+
+    confirm = DirectLinkApi.confirm
+
+    def confirm_then_lose_the_answer(api, vif_id, gateway_id):
+        confirm(api, vif_id, gateway_id)
+        raise TargetError(api.target.name, "confirm_private_virtual_interface", "DirectConnectClientException",
+                          f"Virtual interface {vif_id} is in state pending", retryable=False)
+
+    monkeypatch.setattr(DirectLinkApi, "confirm", confirm_then_lose_the_answer)
+    settings = Settings(config_source="test", table_name=TABLE, events_queue="q.fifo")
+    report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
+    assert by_name(report)["prod-app"].action == "confirmed"
+    assert sorted(e.data.vif["virtualInterfaceName"] for e in report.events if e.type == "vif.confirmed") == [
+        "prod-app", "prod-db"]
+    assert records("osc-prod").vifs[directlink.world.vif_ids["prod-app"]].confirmed_at is not None
+
+
+def test_unreadable_vifs_are_skipped_and_named_without_their_content(capsys):
+    from chalicelib.config import Target
+    from chalicelib.directlink import DirectLinkApi
+
+    class Answer:
+        def describe_virtual_interfaces(self, **_):
+            return {"virtualInterfaces": [
+                {"virtualInterfaceState": "confirming", "authKey": "bgp-secret-of-a-broken-vif"},
+                {"virtualInterfaceId": "dxvif-ok000001", "virtualInterfaceState": "confirming", "vlan": "not-a-vlan",
+                 "authKey": "bgp-secret-two"},
+                {"virtualInterfaceId": "dxvif-ok000002", "virtualInterfaceState": "confirming"}]}
+
+    target = Target(name="t", provider="aws", region="eu-west-1", account_id=scenario.PROD)
+    vifs = DirectLinkApi(target, Answer()).describe_virtual_interfaces()
+    assert [v.id for v in vifs] == ["dxvif-ok000002"]
+    logs = capsys.readouterr().err
+    assert logs.count("unreadable virtual interface skipped") == 2 and '"vlan"' in logs
+    assert "bgp-secret" not in logs

@@ -62,3 +62,25 @@ def test_no_warning_without_a_deadline_or_outside_confirming():
     expiry_warning(other, pending, T0 + timedelta(days=6), POLICY)
     assert [e for e in sighting.events if e.type == "vif.expiry_warning"] == []
     assert [e for e in other.events if e.type == "vif.expiry_warning"] == []
+
+
+def test_a_state_change_has_the_same_id_whoever_sees_it_and_when():
+    before = first_sighting().entry
+    moved = VIF.model_copy(update={"virtual_interface_state": "pending"})
+    a = observe(before, "t", moved, T0 + timedelta(minutes=1), T0, "eu-west-1").events
+    b = observe(before, "t", moved, T0 + timedelta(minutes=3), T0, "eu-west-1").events
+    assert [e.type for e in a] == ["vif.state_changed"] and a[0].id == b[0].id
+
+
+@pytest.mark.parametrize("gone_after, certain, expired", [
+    (timedelta(days=1), True, False),               # withdrawn long before its deadline
+    (timedelta(days=7) - timedelta(minutes=30), True, True),
+    (timedelta(days=1), False, True),               # the deadline was a guess: it may have expired
+])
+def test_a_vanished_confirming_vif_is_expired_only_near_its_deadline(gone_after, certain, expired):
+    from chalicelib.transitions import disappeared
+
+    entry = first_sighting().entry
+    entry.deadline_certain = certain
+    types = [e.type for e in disappeared(entry, T0 + gone_after, "eu-west-1").events]
+    assert types == (["vif.disappeared", "vif.expired"] if expired else ["vif.disappeared"])
