@@ -79,6 +79,13 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _exactly_one(model: BaseModel, first: str, second: str) -> BaseModel:
+    """A reference names one place to read a secret from, never two, never none."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(f"give exactly one of {first} or {second}")
+    return model
+
+
 class Credentials(_Doc):
     """Where a target's access key comes from: a local profile or a Secrets Manager secret."""
 
@@ -87,9 +94,7 @@ class Credentials(_Doc):
 
     @model_validator(mode="after")
     def _one_source(self) -> Credentials:
-        if (self.profile is None) == (self.secret_id is None):
-            raise ValueError("give exactly one of profile or secret_id")
-        return self
+        return _exactly_one(self, "profile", "secret_id")
 
 
 class Target(_Doc):
@@ -168,9 +173,7 @@ class SecretRef(_Doc):
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
-        if (self.secret_id is None) == (self.parameter is None):
-            raise ValueError("give exactly one of secret_id or parameter")
-        return self
+        return _exactly_one(self, "secret_id", "parameter")
 
 
 class Destination(_Doc):

@@ -180,11 +180,12 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
                         for v in vifs)
     gateways = _gateways(api) if wants_gateway else {}
 
+    publishing = record and runtime.publishing  # `vifgate check` builds no events it would not keep
     outcomes, produced = [], []
     for vif in vifs:
         decision = decide(vif, gateways, policy, target)
         sighting = transitions.observe(known.vifs.get(vif.id), target.name, vif, now, known.last_polled_at,
-                                       target.region, runtime.publishing)
+                                       target.region, publishing)
         entry = sighting.entry
         entry.decision_reason = decision.reason
         entry.rule = getattr(decision, "rule", None)
@@ -211,11 +212,11 @@ def _poll_target(runtime: Runtime, policy: Policy, target: Target, cycle_id: str
         listed = {v.id for v in vifs}
         for gone in known.vifs.values():
             if gone.vif_id not in listed and gone.gone_at is None:
-                sighting = transitions.disappeared(gone, now, target.region, runtime.publishing)
+                sighting = transitions.disappeared(gone, now, target.region, publishing)
                 runtime.ledger.save(sighting.entry, sighting.events)
                 produced += sighting.emitted
         recovered = []
-        if known.failing_since is not None and runtime.publishing:
+        if known.failing_since is not None and publishing:
             recovered = [events.build("target.recovered", target=target.name, subject=target.name, time=now,
                                       facts=(iso(known.failing_since),), region=target.region,
                                       failed_since=known.failing_since)]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.cli import main
+from chalicelib.reconcile import ACTIONS
 from sandbox import scenario
 from sandbox.local import LocalCloud
 from tests.conftest import confirm_calls
@@ -45,7 +46,7 @@ def test_poll_json_prints_one_object_per_vif(cloud, capsys):
     rows = json_lines(out)
     assert set(rows) == set(cloud.world.vif_ids)
     for row in rows.values():
-        assert REQUIRED <= set(row)
+        assert REQUIRED <= set(row) and row["action"] in ACTIONS
     expected = {"target": "osc-prod", "ownerAccount": scenario.PROD, "state": "confirming", "action": "confirmed",
                 "rule": "partner-prod", "virtualGatewayId": scenario.PROD_GATEWAY,
                 "reason": f"rule partner-prod trusts account {scenario.PROD}; attached to {scenario.PROD_GATEWAY}"}
