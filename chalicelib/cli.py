@@ -25,8 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vifgate", description=(
-        "Confirm hosted DirectLink / Direct Connect virtual interfaces that your allowlist trusts."))
+    parser = argparse.ArgumentParser(
+        prog="vifgate",
+        description=("Confirm hosted DirectLink / Direct Connect virtual interfaces that your allowlist trusts."),
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each decision (JSON, on stderr)")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -56,10 +58,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=os.environ.get("VIFGATE_CONFIG"),
-                        help="policy file (YAML/JSON) or ssm:/parameter (default: $VIFGATE_CONFIG)")
-    parser.add_argument("--table", default=os.environ.get("VIFGATE_TABLE", "vifgate-ledger"),
-                        help="DynamoDB ledger table (default: $VIFGATE_TABLE or vifgate-ledger)")
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("VIFGATE_CONFIG"),
+        help="policy file (YAML/JSON) or ssm:/parameter (default: $VIFGATE_CONFIG)",
+    )
+    parser.add_argument(
+        "--table",
+        default=os.environ.get("VIFGATE_TABLE", "vifgate-ledger"),
+        help="DynamoDB ledger table (default: $VIFGATE_TABLE or vifgate-ledger)",
+    )
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
@@ -87,9 +95,11 @@ def _check(args: argparse.Namespace) -> int:
         return _bad_config(exc)
     if not args.json:
         allow = policy.allowlist()
-        print(f"config OK: {len(policy.targets)} target(s), {len(policy.rules)} rule(s), "
-              f"default_action {policy.default_action}; confirm rules trust "
-              f"{len(allow['accounts'])} account(s) and {len(allow['gateways'])} gateway(s)")
+        print(
+            f"config OK: {len(policy.targets)} target(s), {len(policy.rules)} rule(s), "
+            f"default_action {policy.default_action}; confirm rules trust "
+            f"{len(allow['accounts'])} account(s) and {len(allow['gateways'])} gateway(s)"
+        )
     if args.offline:
         return EXIT_OK
     report = run_cycle(runtime, dry_run=True, record=False)
@@ -119,14 +129,27 @@ def _print_report(report: CycleReport, *, as_json: bool, what_if: bool = False) 
 
 def format_table(report: CycleReport) -> str:
     headers = ("TARGET", "VIF", "NAME", "OWNER", "VLAN", "STATE", "ACTION", "RULE/GATEWAY", "REASON")
-    rows = [(o.target, o.virtualInterfaceId, o.virtualInterfaceName or "", o.ownerAccount or "",
-             str(o.vlan or ""), o.state, o.action, "/".join(filter(None, (o.rule, o.virtualGatewayId))) or "-",
-             o.reason) for o in sorted(report.outcomes, key=lambda o: (o.target, o.virtualInterfaceId))]
+    rows = [
+        (
+            o.target,
+            o.virtualInterfaceId,
+            o.virtualInterfaceName or "",
+            o.ownerAccount or "",
+            str(o.vlan or ""),
+            o.state,
+            o.action,
+            "/".join(filter(None, (o.rule, o.virtualGatewayId))) or "-",
+            o.reason,
+        )
+        for o in sorted(report.outcomes, key=lambda o: (o.target, o.virtualInterfaceId))
+    ]
     if not rows:
         return "(no virtual interfaces seen)"
     widths = [max(len(r[i]) for r in (headers, *rows)) for i in range(len(headers) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
-             for row in (headers, *rows)]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in (headers, *rows)
+    ]
     return "\n".join(lines)
 
 

@@ -113,7 +113,8 @@ class Target(_Doc):
         if self.provider == "outscale" and self.endpoint_url is None and self.region not in OUTSCALE_REGIONS:
             raise ValueError(
                 f"region {self.region!r} has no OUTSCALE DirectLink endpoint "
-                f"(known: {', '.join(OUTSCALE_REGIONS)}); set endpoint_url to use another")
+                f"(known: {', '.join(OUTSCALE_REGIONS)}); set endpoint_url to use another"
+            )
         if self.provider == "outscale" and self.role_arn is not None:
             raise ValueError("role_arn is for provider aws; OUTSCALE takes credentials")
         if self.provider == "outscale" and self.credentials is None:
@@ -157,8 +158,10 @@ class Rule(_Doc):
         # Whoever allocates a hosted VIF chooses its vlan, asn and name; only the connection says
         # who the allocator is. Trusting every connection must be said out loud.
         if self.action == "confirm" and self.connections is None and not self.any_connection:
-            raise ValueError("action confirm needs connections (the partner connections you trust), "
-                             "or any_connection: true to trust every allocator")
+            raise ValueError(
+                "action confirm needs connections (the partner connections you trust), "
+                "or any_connection: true to trust every allocator"
+            )
         if self.connections is not None and self.any_connection:
             raise ValueError("give connections or any_connection: true, not both")
         return self
@@ -238,8 +241,10 @@ class Policy(_Doc):
     def allowlist(self) -> dict[str, set[str]]:
         """Accounts and gateways the confirm rules trust (the union over rules)."""
         confirm = [r for r in self.rules if r.action == "confirm"]
-        return {"accounts": {a for r in confirm for a in r.accounts},
-                "gateways": {r.gateway for r in confirm if r.gateway}}
+        return {
+            "accounts": {a for r in confirm for a in r.accounts},
+            "gateways": {r.gateway for r in confirm if r.gateway},
+        }
 
 
 def _unique(field: str, names: list[str]) -> None:
@@ -261,8 +266,9 @@ def parse_policy(text: str, source: str = "<config>") -> Policy:
     if document is None:
         raise ConfigError(source, ["the document is empty: it needs 'targets' (and usually 'rules')"])
     if not isinstance(document, dict):
-        raise ConfigError(source, ["the document must be a mapping with 'targets' and 'rules', "
-                                   f"got {type(document).__name__}"])
+        raise ConfigError(
+            source, [f"the document must be a mapping with 'targets' and 'rules', got {type(document).__name__}"]
+        )
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:

@@ -56,8 +56,13 @@ def _wrap(target: str, operation: str, exc: Exception) -> TargetError:
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return TargetError(target, operation, error.get("Code", "Error"), error.get("Message", ""),
-                           retryable=status >= 500 or "Throttl" in error.get("Code", ""))
+        return TargetError(
+            target,
+            operation,
+            error.get("Code", "Error"),
+            error.get("Message", ""),
+            retryable=status >= 500 or "Throttl" in error.get("Code", ""),
+        )
     return TargetError(target, operation, type(exc).__name__, str(exc), retryable=True)
 
 
@@ -86,12 +91,22 @@ class DirectLinkApi:
             if not token:
                 return vifs
             if token in seen_tokens:  # a server repeating itself must not loop us forever
-                raise TargetError(self.target.name, "describe_virtual_interfaces", "PaginationLoop",
-                                  "the same nextToken came back twice", retryable=False)
+                raise TargetError(
+                    self.target.name,
+                    "describe_virtual_interfaces",
+                    "PaginationLoop",
+                    "the same nextToken came back twice",
+                    retryable=False,
+                )
             seen_tokens.add(token)
             params = {"nextToken": token}
-        raise TargetError(self.target.name, "describe_virtual_interfaces", "TooManyPages",
-                          f"more than {MAX_PAGES} pages", retryable=False)
+        raise TargetError(
+            self.target.name,
+            "describe_virtual_interfaces",
+            "TooManyPages",
+            f"more than {MAX_PAGES} pages",
+            retryable=False,
+        )
 
     def _parse(self, items: list[dict]) -> list[VirtualInterface]:
         """VIFs one by one: one the model cannot read is skipped and named, never echoed (authKey)."""
@@ -101,16 +116,22 @@ class DirectLinkApi:
                 vifs.append(VirtualInterface.model_validate(item))
             except ValidationError as exc:
                 fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-                logger.error("unreadable virtual interface skipped", extra={
-                    "target": self.target.name, "vif_id": str(item.get("virtualInterfaceId"))[:64],
-                    "fields": fields})
+                logger.error(
+                    "unreadable virtual interface skipped",
+                    extra={
+                        "target": self.target.name,
+                        "vif_id": str(item.get("virtualInterfaceId"))[:64],
+                        "fields": fields,
+                    },
+                )
         return vifs
 
     def describe_one(self, vif_id: str) -> VirtualInterface | None:
         """One VIF as the API sees it now, or None when it cannot be read."""
         try:
-            found = self._parse(self._call("describe_virtual_interfaces", virtualInterfaceId=vif_id)
-                                .get("virtualInterfaces") or [])
+            found = self._parse(
+                self._call("describe_virtual_interfaces", virtualInterfaceId=vif_id).get("virtualInterfaces") or []
+            )
         except TargetError:
             return None
         return next((v for v in found if v.id == vif_id), None)
@@ -119,8 +140,7 @@ class DirectLinkApi:
         return parse_gateways(self._call("describe_virtual_gateways").get("virtualGateways"))
 
     def confirm(self, vif_id: str, gateway_id: str) -> str:
-        answer = self._call("confirm_private_virtual_interface",
-                            virtualInterfaceId=vif_id, virtualGatewayId=gateway_id)
+        answer = self._call("confirm_private_virtual_interface", virtualInterfaceId=vif_id, virtualGatewayId=gateway_id)
         return answer.get("virtualInterfaceState", "pending")
 
     def reject(self, vif_id: str) -> str:
@@ -138,8 +158,11 @@ class _Cached:
 class DirectLinkClients:
     """Builds one client per target, lazily, and rebuilds it before assumed-role keys expire."""
 
-    def __init__(self, base_session: Callable[[], boto3.Session] = boto3.Session,
-                 secrets_client: Callable[[], object] | None = None):
+    def __init__(
+        self,
+        base_session: Callable[[], boto3.Session] = boto3.Session,
+        secrets_client: Callable[[], object] | None = None,
+    ):
         self._base_session = base_session
         self._secrets_client = secrets_client
         self._cache: dict[str, _Cached] = {}
@@ -153,8 +176,9 @@ class DirectLinkClients:
             return cached.api
         try:
             session, expires_at = self._session(target)
-            client = session.client("directconnect", region_name=target.region,
-                                    endpoint_url=endpoint_url(target), config=CLIENT_CONFIG)
+            client = session.client(
+                "directconnect", region_name=target.region, endpoint_url=endpoint_url(target), config=CLIENT_CONFIG
+            )
         except TargetError:
             raise
         except (ClientError, BotoCoreError, ValueError) as exc:
@@ -177,28 +201,38 @@ class DirectLinkClients:
         if not target.role_arn:
             return session, expires_at
         answer = session.client("sts", region_name=target.region, config=CLIENT_CONFIG).assume_role(
-            RoleArn=target.role_arn, RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
-            DurationSeconds=ROLE_SESSION_SECONDS)
+            RoleArn=target.role_arn,
+            RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
+            DurationSeconds=ROLE_SESSION_SECONDS,
+        )
         keys = answer["Credentials"]
-        assumed = boto3.Session(aws_access_key_id=keys["AccessKeyId"],
-                                aws_secret_access_key=keys["SecretAccessKey"],
-                                aws_session_token=keys["SessionToken"])
+        assumed = boto3.Session(
+            aws_access_key_id=keys["AccessKeyId"],
+            aws_secret_access_key=keys["SecretAccessKey"],
+            aws_session_token=keys["SessionToken"],
+        )
         return assumed, keys["Expiration"].timestamp()
 
     def _keys_from_secret(self, target: Target, secret_id: str) -> dict[str, str]:
         """The secret holds JSON {"access_key_id": ..., "secret_access_key": ...}."""
-        client = self._secrets_client() if self._secrets_client else self._base_session().client(
-            "secretsmanager", config=CLIENT_CONFIG)
+        client = (
+            self._secrets_client()
+            if self._secrets_client
+            else self._base_session().client("secretsmanager", config=CLIENT_CONFIG)
+        )
         try:
             raw = client.get_secret_value(SecretId=secret_id)["SecretString"]
         except (ClientError, BotoCoreError) as exc:
             raise _wrap(target.name, "get_secret_value", exc) from None
         try:
             value = json.loads(raw)
-            return {"aws_access_key_id": value["access_key_id"],
-                    "aws_secret_access_key": value["secret_access_key"]}
+            return {"aws_access_key_id": value["access_key_id"], "aws_secret_access_key": value["secret_access_key"]}
         except (ValueError, KeyError, TypeError):
             # Never echo the secret's text: it holds the keys.
-            raise TargetError(target.name, "get_secret_value", "BadSecret",
-                              f"secret {secret_id} must be JSON with access_key_id and secret_access_key",
-                              retryable=False) from None
+            raise TargetError(
+                target.name,
+                "get_secret_value",
+                "BadSecret",
+                f"secret {secret_id} must be JSON with access_key_id and secret_access_key",
+                retryable=False,
+            ) from None

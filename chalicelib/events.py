@@ -74,8 +74,10 @@ class ExpiryWarning(VifData, DeadlineFields):
 
 class Expired(VifData, DeadlineFields):
     how: Literal["state", "disappeared"] = Field(
-        description=("state: the cloud reports `expired` (OUTSCALE); "
-                     "disappeared: no longer listed while confirming (AWS)"))
+        description=(
+            "state: the cloud reports `expired` (OUTSCALE); disappeared: no longer listed while confirming (AWS)"
+        )
+    )
 
 
 class Disappeared(VifData):
@@ -128,8 +130,13 @@ class _Envelope(_Model):
 
 def _envelope(type_name: str, data_type: type[_Model]) -> type[_Envelope]:
     name = "".join(part.title() for part in type_name.replace("_", ".").split(".")) + "Event"
-    return create_model(name, __base__=_Envelope, __doc__=f"CloudEvent of type {type_name}",
-                        type=(Literal[type_name], ...), data=(data_type, ...))
+    return create_model(
+        name,
+        __base__=_Envelope,
+        __doc__=f"CloudEvent of type {type_name}",
+        type=(Literal[type_name], ...),
+        data=(data_type, ...),
+    )
 
 
 ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, data) for name, data in DATA_TYPES.items()}
@@ -143,12 +150,17 @@ def event_id(type_name: str, subject: str, *facts: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def build(type_name: str, *, target: str, subject: str, time: datetime, facts: tuple = (),
-          **data: Any) -> _Envelope:
+def build(type_name: str, *, target: str, subject: str, time: datetime, facts: tuple = (), **data: Any) -> _Envelope:
     """A validated event; `facts` are what makes this transition unique beside type and subject."""
     envelope = ENVELOPES[type_name]
-    return envelope(id=event_id(type_name, target, subject, *facts), source=f"{SOURCE_PREFIX}/{target}",
-                    time=time, subject=subject, type=type_name, data={"target": target, **data})
+    return envelope(
+        id=event_id(type_name, target, subject, *facts),
+        source=f"{SOURCE_PREFIX}/{target}",
+        time=time,
+        subject=subject,
+        type=type_name,
+        data={"target": target, **data},
+    )
 
 
 def vif_fields(target: str, vif: VirtualInterface | None, snapshot: dict[str, Any], region: str | None) -> dict:

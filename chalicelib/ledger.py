@@ -109,8 +109,12 @@ class Ledger:
         """All records of one target, in as few Query pages as DynamoDB allows."""
         vifs: dict[str, VifRecord] = {}
         status: dict[str, Any] = {}
-        params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "target = :t",
-                                  "ExpressionAttributeValues": {":t": {"S": target}}, "ConsistentRead": True}
+        params: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "target = :t",
+            "ExpressionAttributeValues": {":t": {"S": target}},
+            "ConsistentRead": True,
+        }
         while True:
             page = self.client.query(**params)
             for item in page["Items"]:
@@ -120,13 +124,18 @@ class Ledger:
                     record = VifRecord.from_item(item)
                     vifs[record.vif_id] = record
             if "LastEvaluatedKey" not in page:
-                return TargetRecords(target, vifs, parse_iso(status.get("last_polled_at", {}).get("S")),
-                                     parse_iso(status.get("failing_since", {}).get("S")))
+                return TargetRecords(
+                    target,
+                    vifs,
+                    parse_iso(status.get("last_polled_at", {}).get("S")),
+                    parse_iso(status.get("failing_since", {}).get("S")),
+                )
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def failing_since(self, target: str) -> datetime | None:
-        item = self.client.get_item(TableName=self.table, ConsistentRead=True,
-                                    Key={"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}}).get("Item", {})
+        item = self.client.get_item(
+            TableName=self.table, ConsistentRead=True, Key={"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}}
+        ).get("Item", {})
         return parse_iso(item.get("failing_since", {}).get("S"))
 
     def save(self, record: VifRecord, events: Iterable = ()) -> None:
@@ -163,28 +172,46 @@ class Ledger:
                 conflict = any(r.get("Code") == "TransactionConflict" for r in reasons)
                 if exc.response["Error"]["Code"] != "TransactionCanceledException" or not conflict or attempt == 3:
                     raise
-                time.sleep(0.05 * 2 ** attempt)
+                time.sleep(0.05 * 2**attempt)
 
     def mark_polled(self, target: str, at: datetime, events: Iterable = ()) -> None:
         """The target answered: remember when, and end any failing spell (with its events)."""
-        self._write({"TableName": self.table, "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
-                     "UpdateExpression": "SET last_polled_at = :at REMOVE failing_since",
-                     "ExpressionAttributeValues": {":at": {"S": iso(at)}}}, events)
+        self._write(
+            {
+                "TableName": self.table,
+                "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
+                "UpdateExpression": "SET last_polled_at = :at REMOVE failing_since",
+                "ExpressionAttributeValues": {":at": {"S": iso(at)}},
+            },
+            events,
+        )
 
     def mark_failing(self, target: str, since: datetime, events: Iterable = ()) -> None:
-        self._write({"TableName": self.table, "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
-                     "UpdateExpression": "SET failing_since = if_not_exists(failing_since, :since)",
-                     "ExpressionAttributeValues": {":since": {"S": iso(since)}}}, events)
+        self._write(
+            {
+                "TableName": self.table,
+                "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
+                "UpdateExpression": "SET failing_since = if_not_exists(failing_since, :since)",
+                "ExpressionAttributeValues": {":since": {"S": iso(since)}},
+            },
+            events,
+        )
 
     def pending_events(self, limit: int = 1000) -> list[OutboxItem]:
         """Events not yet accepted by SQS, oldest first."""
         items: list[OutboxItem] = []
-        params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "target = :t",
-                                  "ExpressionAttributeValues": {":t": {"S": OUTBOX}}, "ConsistentRead": True}
+        params: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "target = :t",
+            "ExpressionAttributeValues": {":t": {"S": OUTBOX}},
+            "ConsistentRead": True,
+        }
         while len(items) < limit:
             page = self.client.query(**params)
-            items += [OutboxItem(i["vif_id"]["S"], i["event_id"]["S"], i["group"]["S"], i["type"]["S"], i["body"]["S"])
-                      for i in page["Items"]]
+            items += [
+                OutboxItem(i["vif_id"]["S"], i["event_id"]["S"], i["group"]["S"], i["type"]["S"], i["body"]["S"])
+                for i in page["Items"]
+            ]
             if "LastEvaluatedKey" not in page:
                 break
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -193,14 +220,16 @@ class Ledger:
     def delete_events(self, sort_keys: list[str]) -> None:
         """Drop events SQS has accepted (25 per BatchWriteItem, retrying what DynamoDB left)."""
         for start in range(0, len(sort_keys), 25):
-            requests = [{"DeleteRequest": {"Key": {"target": {"S": OUTBOX}, "vif_id": {"S": k}}}}
-                        for k in sort_keys[start:start + 25]]
+            requests = [
+                {"DeleteRequest": {"Key": {"target": {"S": OUTBOX}, "vif_id": {"S": k}}}}
+                for k in sort_keys[start : start + 25]
+            ]
             for attempt in range(5):
                 left = self.client.batch_write_item(RequestItems={self.table: requests}).get("UnprocessedItems", {})
                 requests = left.get(self.table, [])
                 if not requests:
                     break
-                time.sleep(0.05 * 2 ** attempt)
+                time.sleep(0.05 * 2**attempt)
             # What is still left is sent again next cycle; its deduplication id makes that harmless.
 
     def delivered(self, event_id: str, destination: str) -> bool:
@@ -208,10 +237,16 @@ class Ledger:
         return "Item" in self.client.get_item(TableName=self.table, Key=key, ConsistentRead=True)
 
     def mark_delivered(self, event_id: str, destination: str, now: datetime, outcome: str = "sent") -> None:
-        self.client.put_item(TableName=self.table, Item={
-            "target": {"S": DELIVERED}, "vif_id": {"S": f"{event_id}#{destination}"},
-            "outcome": {"S": outcome}, "at": {"S": iso(now)},
-            "expires_at": {"N": str(int((now + DELIVERY_MEMORY).timestamp()))}})
+        self.client.put_item(
+            TableName=self.table,
+            Item={
+                "target": {"S": DELIVERED},
+                "vif_id": {"S": f"{event_id}#{destination}"},
+                "outcome": {"S": outcome},
+                "at": {"S": iso(now)},
+                "expires_at": {"N": str(int((now + DELIVERY_MEMORY).timestamp()))},
+            },
+        )
 
     def claim(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
         """Claim the right to confirm (or reject) a VIF; raises ClaimLost if someone holds it.
@@ -224,10 +259,15 @@ class Ledger:
                 TableName=self.table,
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
                 UpdateExpression="SET claim_by = :me, claim_until = :until",
-                ConditionExpression=("attribute_exists(vif_id) AND attribute_not_exists(confirmed_at) "
-                                     "AND (attribute_not_exists(claim_until) OR claim_until < :now)"),
-                ExpressionAttributeValues={":me": {"S": claimant}, ":until": {"S": iso(now + CLAIM_TTL)},
-                                           ":now": {"S": iso(now)}},
+                ConditionExpression=(
+                    "attribute_exists(vif_id) AND attribute_not_exists(confirmed_at) "
+                    "AND (attribute_not_exists(claim_until) OR claim_until < :now)"
+                ),
+                ExpressionAttributeValues={
+                    ":me": {"S": claimant},
+                    ":until": {"S": iso(now + CLAIM_TTL)},
+                    ":now": {"S": iso(now)},
+                },
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
@@ -238,9 +278,12 @@ class Ledger:
         """Give a claim back after a definite failure, so the next cycle may try again."""
         try:
             self.client.update_item(
-                TableName=self.table, Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
-                UpdateExpression="REMOVE claim_by, claim_until", ConditionExpression="claim_by = :me",
-                ExpressionAttributeValues={":me": {"S": claimant}})
+                TableName=self.table,
+                Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
+                UpdateExpression="REMOVE claim_by, claim_until",
+                ConditionExpression="claim_by = :me",
+                ExpressionAttributeValues={":me": {"S": claimant}},
+            )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
@@ -249,18 +292,25 @@ class Ledger:
 def _outbox_item(event) -> dict[str, Any]:
     """The sort key keeps creation order: a VIF's events leave in the order they happened."""
     sort_key = f"{time.time_ns():020d}-{next(_sequence):09d}-{event.id}"
-    return {"target": {"S": OUTBOX}, "vif_id": {"S": sort_key}, "event_id": {"S": event.id},
-            "group": {"S": event.subject}, "type": {"S": event.type}, "body": {"S": to_json(event)}}
+    return {
+        "target": {"S": OUTBOX},
+        "vif_id": {"S": sort_key},
+        "event_id": {"S": event.id},
+        "group": {"S": event.subject},
+        "type": {"S": event.type},
+        "body": {"S": to_json(event)},
+    }
 
 
 def table_definition(name: str) -> dict[str, Any]:
     """CreateTable arguments; infra/template.json declares the same table for deployment."""
     return {
         "TableName": name,
-        "KeySchema": [{"AttributeName": "target", "KeyType": "HASH"},
-                      {"AttributeName": "vif_id", "KeyType": "RANGE"}],
-        "AttributeDefinitions": [{"AttributeName": "target", "AttributeType": "S"},
-                                 {"AttributeName": "vif_id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "target", "KeyType": "HASH"}, {"AttributeName": "vif_id", "KeyType": "RANGE"}],
+        "AttributeDefinitions": [
+            {"AttributeName": "target", "AttributeType": "S"},
+            {"AttributeName": "vif_id", "AttributeType": "S"},
+        ],
         "BillingMode": "PAY_PER_REQUEST",
     }
 
@@ -275,5 +325,6 @@ def create_table(client, name: str) -> None:
     client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
     ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
     if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # delivery marks expire by themselves
-        client.update_time_to_live(TableName=name,
-                                   TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+        client.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )

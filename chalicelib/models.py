@@ -10,8 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field
 # and has no `expired` (the VIF disappears). Unknown strings are kept as they are, never rejected.
 CONFIRMING = "confirming"
 OUTSCALE_STATES = ("confirming", "pending", "available", "deleting", "deleted", "rejected", "expired")
-AWS_STATES = ("confirming", "verifying", "pending", "available", "down", "deleting", "deleted",
-              "rejected", "testing", "unknown")
+AWS_STATES = (
+    "confirming",
+    "verifying",
+    "pending",
+    "available",
+    "down",
+    "deleting",
+    "deleted",
+    "rejected",
+    "testing",
+    "unknown",
+)
 ALL_STATES = tuple(dict.fromkeys(OUTSCALE_STATES + AWS_STATES))
 
 

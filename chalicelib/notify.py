@@ -22,7 +22,6 @@ from .chatops import Undeliverable
 from .log import logger
 from .runtime import Runtime
 
-
 # Below this much time left, records are handed back to SQS rather than started (a post can
 # wait up to 10 s for Retry-After and take 5 s more).
 TIME_RESERVE_MS = 20_000
@@ -47,8 +46,7 @@ def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, 
             raise OutOfTime(record.message_id)
         deliver(record, runtime)
 
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
 
 
 def deliver(record: SQSRecord, runtime: Runtime) -> None:
@@ -58,8 +56,14 @@ def deliver(record: SQSRecord, runtime: Runtime) -> None:
     except (ValidationError, ValueError) as exc:
         # A message that is not one of our events will never parse: retrying it would only block
         # its FIFO group. It goes to the dead-letter queue for a person to look at.
-        _dead_letter(runtime, record, "(none)", f"not a VIF Gatekeeper event: {_first_error(exc)}",
-                     group=record.attributes.message_group_id or "unparseable", dedup=record.message_id)
+        _dead_letter(
+            runtime,
+            record,
+            "(none)",
+            f"not a VIF Gatekeeper event: {_first_error(exc)}",
+            group=record.attributes.message_group_id or "unparseable",
+            dedup=record.message_id,
+        )
         return
     notifier = runtime.notifier
     for destination in notifier.destinations_for(event):
@@ -69,22 +73,35 @@ def deliver(record: SQSRecord, runtime: Runtime) -> None:
             notifier.send(event, destination)
             outcome = "sent"
         except Undeliverable as exc:
-            _dead_letter(runtime, record, destination.name, str(exc), group=event.subject,
-                         dedup=f"{event.id}-{destination.name}"[:128])
+            _dead_letter(
+                runtime,
+                record,
+                destination.name,
+                str(exc),
+                group=event.subject,
+                dedup=f"{event.id}-{destination.name}"[:128],
+            )
             outcome = "dead-lettered"
         runtime.ledger.mark_delivered(event.id, destination.name, runtime.clock(), outcome)
 
 
 def _dead_letter(runtime: Runtime, record: SQSRecord, destination: str, why: str, *, group: str, dedup: str) -> None:
-    logger.error("chat delivery given up: message moved to the dead-letter queue",
-                 extra={"destination": destination, "reason": why, "message_id": record.message_id})
+    logger.error(
+        "chat delivery given up: message moved to the dead-letter queue",
+        extra={"destination": destination, "reason": why, "message_id": record.message_id},
+    )
     if runtime.settings.dead_letter_queue is None:
         raise RuntimeError(f"cannot deliver to {destination} ({why}) and VIFGATE_EVENTS_DLQ is not set")
     runtime.sqs.send_message(
-        QueueUrl=runtime.queue_url(runtime.settings.dead_letter_queue), MessageBody=record.body,
-        MessageGroupId=group, MessageDeduplicationId=dedup,
-        MessageAttributes={"destination": {"DataType": "String", "StringValue": destination},
-                           "reason": {"DataType": "String", "StringValue": why[:1000]}})
+        QueueUrl=runtime.queue_url(runtime.settings.dead_letter_queue),
+        MessageBody=record.body,
+        MessageGroupId=group,
+        MessageDeduplicationId=dedup,
+        MessageAttributes={
+            "destination": {"DataType": "String", "StringValue": destination},
+            "reason": {"DataType": "String", "StringValue": why[:1000]},
+        },
+    )
 
 
 def _first_error(exc: Exception) -> str:

@@ -73,8 +73,9 @@ def matching_rule(vif: VirtualInterface, policy: Policy, target: Target | None =
     return next((r for r in policy.rules if mismatch(r, vif, target) is None), None)
 
 
-def decide(vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None, policy: Policy,
-           target: Target | None = None) -> Decision:
+def decide(
+    vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None, policy: Policy, target: Target | None = None
+) -> Decision:
     """Confirm, ask, reject, ignore, or nothing for one VIF. Never confirms without a rule.
 
     `gateways` is the owner account's DescribeVirtualGateways answer, or None when it could not be had.
@@ -93,20 +94,31 @@ def decide(vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None,
         return Ask(rule=rule.name, reason=f"rule {rule.name} asks a person to decide")
 
     if gateways is None:  # the lookup failed: never confirm blind
-        return Ask(rule=rule.name, reason=(
-            f"rule {rule.name} would confirm it with {rule.gateway}, but the account's virtual gateways "
-            "could not be listed this cycle"))
+        return Ask(
+            rule=rule.name,
+            reason=(
+                f"rule {rule.name} would confirm it with {rule.gateway}, but the account's virtual gateways "
+                "could not be listed this cycle"
+            ),
+        )
     gateway = gateways.get(rule.gateway)
     if gateway is None:
-        return Ask(rule=rule.name, reason=(
-            f"rule {rule.name} would confirm it with {rule.gateway}, but account "
-            f"{vif.owner_account} has no such virtual gateway"))
+        return Ask(
+            rule=rule.name,
+            reason=(
+                f"rule {rule.name} would confirm it with {rule.gateway}, but account "
+                f"{vif.owner_account} has no such virtual gateway"
+            ),
+        )
     if not gateway.available:
-        return Ask(rule=rule.name, reason=(
-            f"rule {rule.name} would confirm it with {rule.gateway}, but that gateway is "
-            f"{gateway.virtual_gateway_state}, not available"))
-    return Confirm(rule=rule.name, gateway=rule.gateway,
-                   reason=f"rule {rule.name} trusts account {vif.owner_account}")
+        return Ask(
+            rule=rule.name,
+            reason=(
+                f"rule {rule.name} would confirm it with {rule.gateway}, but that gateway is "
+                f"{gateway.virtual_gateway_state}, not available"
+            ),
+        )
+    return Confirm(rule=rule.name, gateway=rule.gateway, reason=f"rule {rule.name} trusts account {vif.owner_account}")
 
 
 def _default(vif: VirtualInterface, policy: Policy, target: Target | None) -> Decision:

@@ -52,19 +52,31 @@ def flush(ledger: Ledger, sqs, queue_url: str, limit: int = 1000) -> FlushReport
 
 
 def _send(sqs, queue_url: str, batch: list[OutboxItem]) -> tuple[list[OutboxItem], list[OutboxItem] | None]:
-    entries = [{"Id": str(i), "MessageBody": item.body, "MessageGroupId": item.group,
-                "MessageDeduplicationId": item.event_id,
-                "MessageAttributes": {"type": {"DataType": "String", "StringValue": item.type}}}
-               for i, item in enumerate(batch)]
+    entries = [
+        {
+            "Id": str(i),
+            "MessageBody": item.body,
+            "MessageGroupId": item.group,
+            "MessageDeduplicationId": item.event_id,
+            "MessageAttributes": {"type": {"DataType": "String", "StringValue": item.type}},
+        }
+        for i, item in enumerate(batch)
+    ]
     try:
         answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
     except (ClientError, BotoCoreError) as exc:
         logger.warning("events queue unreachable; events stay in the outbox", extra={"error": str(exc)})
         return [], None
     for failed in answer.get("Failed", []):
-        logger.warning("event refused by SQS; it stays in the outbox",
-                       extra={"event_id": batch[int(failed["Id"])].event_id, "code": failed.get("Code"),
-                              "sender_fault": failed.get("SenderFault"), "error": failed.get("Message")})
+        logger.warning(
+            "event refused by SQS; it stays in the outbox",
+            extra={
+                "event_id": batch[int(failed["Id"])].event_id,
+                "code": failed.get("Code"),
+                "sender_fault": failed.get("SenderFault"),
+                "error": failed.get("Message"),
+            },
+        )
     accepted = [batch[int(ok["Id"])] for ok in answer.get("Successful", [])]
     refused = [batch[int(failed["Id"])] for failed in answer.get("Failed", [])]
     return accepted, refused

@@ -23,9 +23,17 @@ from .ledger import Ledger
 SSM_PREFIX = "ssm:"
 SECRET_MAX_AGE = 300  # seconds a chat secret is cached in a warm Lambda
 # Secret store answers that a later try can get past (anything else is missing, denied or malformed).
-TRANSIENT = {"ThrottlingException", "TooManyRequestsException", "InternalServiceError", "InternalServerError",
-             "ServiceUnavailable", "RequestLimitExceeded", "EndpointConnectionError", "ConnectTimeoutError",
-             "ReadTimeoutError"}
+TRANSIENT = {
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "InternalServiceError",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+}
 
 
 def utc_now() -> datetime:
@@ -54,10 +62,14 @@ class Settings:
         workers = env.get("VIFGATE_MAX_WORKERS", "8")
         if not workers.isdigit() or not 1 <= int(workers) <= 64:
             raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
-        return cls(config_source=source, table_name=env.get("VIFGATE_TABLE", cls.table_name),
-                   dry_run=_flag(env.get("VIFGATE_DRY_RUN")), max_workers=int(workers),
-                   events_queue=env.get("VIFGATE_EVENTS_QUEUE") or None,
-                   dead_letter_queue=env.get("VIFGATE_EVENTS_DLQ") or None)
+        return cls(
+            config_source=source,
+            table_name=env.get("VIFGATE_TABLE", cls.table_name),
+            dry_run=_flag(env.get("VIFGATE_DRY_RUN")),
+            max_workers=int(workers),
+            events_queue=env.get("VIFGATE_EVENTS_QUEUE") or None,
+            dead_letter_queue=env.get("VIFGATE_EVENTS_DLQ") or None,
+        )
 
 
 def read_config_text(source: str) -> str:
@@ -115,10 +127,18 @@ def _parsed(text: str, source: str) -> Policy:
 class Runtime:
     """Everything a cycle needs; clients are built on first use and reused while warm."""
 
-    def __init__(self, settings: Settings, *, policy: Policy | None = None,
-                 clock: Callable[[], datetime] = utc_now, session: boto3.Session | None = None,
-                 directlink: DirectLinkClients | None = None, dynamodb=None, sqs=None,
-                 resolve: Callable[[SecretRef], str] = resolve_secret):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        policy: Policy | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        session: boto3.Session | None = None,
+        directlink: DirectLinkClients | None = None,
+        dynamodb=None,
+        sqs=None,
+        resolve: Callable[[SecretRef], str] = resolve_secret,
+    ):
         self.settings = settings
         self.clock = clock
         self._policy = policy

@@ -26,7 +26,7 @@ class Sighting:
 
     def __init__(self, before: VifRecord | None, entry: VifRecord, region: str | None, publishing: bool = True):
         self.before, self.entry, self.region, self.publishing = before, entry, region, publishing
-        self.events: list = []   # not yet written to the ledger
+        self.events: list = []  # not yet written to the ledger
         self.emitted: list = []  # everything this sighting caused, for the cycle's report
 
     def written(self) -> None:
@@ -42,8 +42,15 @@ class Sighting:
         if not self.publishing:  # no events queue configured: the ledger still records everything
             return
         e = self.entry
-        event = events.build(type_name, target=e.target, subject=e.vif_id, time=now, facts=facts,
-                             **events.vif_fields(e.target, vif, e.snapshot, self.region), **data)
+        event = events.build(
+            type_name,
+            target=e.target,
+            subject=e.vif_id,
+            time=now,
+            facts=facts,
+            **events.vif_fields(e.target, vif, e.snapshot, self.region),
+            **data,
+        )
         self.events.append(event)
         self.emitted.append(event)
 
@@ -52,12 +59,18 @@ class Sighting:
         return {"deadline": e.deadline, "deadline_certain": e.deadline_certain, "first_seen_at": e.first_seen_at}
 
 
-def observe(before: VifRecord | None, target: str, vif: VirtualInterface, now: datetime,
-            last_polled_at: datetime | None, region: str | None, publishing: bool = True) -> Sighting:
+def observe(
+    before: VifRecord | None,
+    target: str,
+    vif: VirtualInterface,
+    now: datetime,
+    last_polled_at: datetime | None,
+    region: str | None,
+    publishing: bool = True,
+) -> Sighting:
     """New VIF, state change, expiry by state: the record after this sighting, and its events."""
     if before is None:
-        entry = VifRecord(target=target, vif_id=vif.id, first_seen_at=iso(now), state=vif.state,
-                          state_since=iso(now))
+        entry = VifRecord(target=target, vif_id=vif.id, first_seen_at=iso(now), state=vif.state, state_since=iso(now))
         if vif.state == CONFIRMING:
             # No creation time in the API: the deadline counts from our first sighting, and is
             # certain only if the previous poll of this target was recent enough.
@@ -75,8 +88,13 @@ def observe(before: VifRecord | None, target: str, vif: VirtualInterface, now: d
         entry.state, entry.state_since = vif.state, iso(now)
         # The id comes from the previous state's start, not from `now`: two pollers seeing the same
         # change name it the same, and FIFO deduplication keeps one.
-        sighting.emit("vif.state_changed", now, vif, facts=(before.state, vif.state, before.state_since),
-                      **{"from": before.state, "to": vif.state})
+        sighting.emit(
+            "vif.state_changed",
+            now,
+            vif,
+            facts=(before.state, vif.state, before.state_since),
+            **{"from": before.state, "to": vif.state},
+        )
         if vif.state == "expired":
             sighting.emit("vif.expired", now, vif, how="state", **sighting.deadline_fields())
     return sighting
@@ -114,9 +132,15 @@ def expiry_warning(sighting: Sighting, vif: VirtualInterface, now: datetime, pol
     nearest = min(passed)
     # A missed cycle can pass several thresholds at once: warn with the nearest, mark them all.
     entry.alerts_sent = entry.alerts_sent + [_label(t) for t in passed]
-    sighting.emit("vif.expiry_warning", now, vif, facts=(_label(nearest),),
-                  threshold_hours=nearest.total_seconds() / 3600, hours_left=round(left.total_seconds() / 3600, 2),
-                  **sighting.deadline_fields())
+    sighting.emit(
+        "vif.expiry_warning",
+        now,
+        vif,
+        facts=(_label(nearest),),
+        threshold_hours=nearest.total_seconds() / 3600,
+        hours_left=round(left.total_seconds() / 3600, 2),
+        **sighting.deadline_fields(),
+    )
 
 
 def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, policy: Policy) -> None:
@@ -127,5 +151,10 @@ def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, poli
     since = parse_iso(entry.confirmed_at) or parse_iso(entry.state_since)
     if now - since >= policy.stuck_pending_after:
         entry.stuck_reported_at = iso(now)
-        sighting.emit("vif.stuck_pending", now, vif, confirmed_at=since,
-                      pending_minutes=round((now - since).total_seconds() / 60, 1))
+        sighting.emit(
+            "vif.stuck_pending",
+            now,
+            vif,
+            confirmed_at=since,
+            pending_minutes=round((now - since).total_seconds() / 60, 1),
+        )

@@ -39,8 +39,12 @@ def run_demo() -> int:
             print(f"  osc-staging {scenario.STAGING}  gateway {scenario.STAGING_GATEWAY} pending")
             print(f"  osc-lab     {scenario.LAB}  no rule for this account")
             print(f"Policy: {cloud.config_path}")
-            print("  partner-prod:    account PROD, vlan 100-199, asn 65001/65002 -> confirm with", scenario.PROD_GATEWAY)
-            print("  partner-staging: account STAGING, name stg-*              -> confirm with", scenario.STAGING_GATEWAY)
+            print(
+                "  partner-prod:    account PROD, vlan 100-199, asn 65001/65002 -> confirm with", scenario.PROD_GATEWAY
+            )
+            print(
+                "  partner-staging: account STAGING, name stg-*              -> confirm with", scenario.STAGING_GATEWAY
+            )
             print("  default_action:  ask")
 
             _heading(f"Cycle 1 at {cloud.clock.now():%Y-%m-%d %H:%M} UTC")
@@ -82,8 +86,10 @@ def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
     produced = {e.id for r in reports for e in r.events}
     arrived = [e.id for e in received]
     lost, twice = len(produced - set(arrived)), len(arrived) - len(set(arrived))
-    print(f"{len(received)} events received; {len(produced)} produced by the three cycles, {lost} lost, "
-          f"{twice} received twice:")
+    print(
+        f"{len(received)} events received; {len(produced)} produced by the three cycles, {lost} lost, "
+        f"{twice} received twice:"
+    )
     for type_name, count in sorted(Counter(e.type for e in received).items()):
         print(f"  {count:>3}  {type_name}")
 
@@ -101,8 +107,10 @@ _MARKS = {"info": "i", "success": "+", "warning": "!", "danger": "!!"}
 
 def terminal(message: Message) -> str:
     """A chat message as a person would read it, in the terminal."""
-    lines = [f"[{_MARKS[message.severity]}] {message.title}",
-             textwrap.fill(message.text, width=100, initial_indent="    ", subsequent_indent="    ")]
+    lines = [
+        f"[{_MARKS[message.severity]}] {message.title}",
+        textwrap.fill(message.text, width=100, initial_indent="    ", subsequent_indent="    "),
+    ]
     label_width = max((len(label) for label, _ in message.fields), default=0)
     lines += [f"    {label:<{label_width}}  {value}" for label, value in message.fields]
     return "\n".join(lines)
@@ -115,8 +123,10 @@ def _summary(runtime: Runtime, reports: list[CycleReport], cloud: LocalCloud) ->
         for o in report.outcomes:
             by_action[o.action].append(o)
     for o in by_action["confirmed"]:
-        print(f"  confirmed  {o.virtualInterfaceId} {o.virtualInterfaceName:<12} ({o.target}) by rule {o.rule} "
-              f"with {o.virtualGatewayId}")
+        print(
+            f"  confirmed  {o.virtualInterfaceId} {o.virtualInterfaceName:<12} ({o.target}) by rule {o.rule} "
+            f"with {o.virtualGatewayId}"
+        )
     asked = {o.virtualInterfaceId: o for o in reports[-1].outcomes if o.action == "ask"}
     for o in asked.values():
         certainty = "" if o.deadlineCertain else " (at the latest; it was already waiting at the first poll)"
@@ -126,5 +136,7 @@ def _summary(runtime: Runtime, reports: list[CycleReport], cloud: LocalCloud) ->
     for f in failed:
         print(f"  FAILED     {f.target}: {f.message}")
     confirms = sum(cloud.directlink.confirm_count(v) for v in cloud.world.vif_ids.values())
-    print(f"\nConfirm calls sent to DirectLink: {confirms} "
-          f"(one per trusted VIF; the ledger claim stops repeats). Targets failed: {len(failed)}.")
+    print(
+        f"\nConfirm calls sent to DirectLink: {confirms} "
+        f"(one per trusted VIF; the ledger claim stops repeats). Targets failed: {len(failed)}."
+    )

@@ -44,8 +44,9 @@ class DirectLinkSandbox:
         """Register a location (datacenter)."""
         self._state.add_location(code, name)
 
-    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str = "10Gbps",
-                       connection_id: str | None = None) -> str:
+    def add_connection(
+        self, owner_account: str, name: str, location: str, bandwidth: str = "10Gbps", connection_id: str | None = None
+    ) -> str:
         """Create an available connection; returns its dxcon- id (given, or a new one)."""
         return self._state.add_connection(owner_account, name, location, bandwidth, connection_id)
 

@@ -206,8 +206,9 @@ class DirectLinkState:
         with self._lock:
             self._locations[code] = Location(code, name)
 
-    def add_connection(self, owner_account: str, name: str, location: str, bandwidth: str,
-                       connection_id: str | None = None) -> str:
+    def add_connection(
+        self, owner_account: str, name: str, location: str, bandwidth: str, connection_id: str | None = None
+    ) -> str:
         """Create an available connection owned by owner_account; returns its dxcon- id."""
         with self._lock:
             if location not in self._locations:

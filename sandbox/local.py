@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -18,7 +19,6 @@ from moto.server import ThreadedMotoServer
 from chalicelib.ledger import create_table
 
 from . import DirectLinkSandbox, SandboxClock, scenario
-import contextlib
 
 # moto's embedded werkzeug server logs every request line; the demo's output is for people.
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -57,8 +57,9 @@ AWS_KEY, AWS_SECRET = scenario.KEYS[scenario.PROD]
 class LocalCloud:
     """Start both emulators, seed the scenario, and say how to reach them."""
 
-    def __init__(self, *, port: int = 0, aws_port: int = 0, clock: SandboxClock | None = None,
-                 workdir: Path | None = None):
+    def __init__(
+        self, *, port: int = 0, aws_port: int = 0, clock: SandboxClock | None = None, workdir: Path | None = None
+    ):
         self.clock = clock or SandboxClock()
         self.directlink = DirectLinkSandbox(flavor="outscale", region=REGION, clock=self.clock)
         self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=aws_port, verbose=False)
@@ -75,8 +76,10 @@ class LocalCloud:
     def env(self) -> dict[str, str]:
         """The variables that point vifgate, boto3 and the AWS CLI at the local cloud."""
         return {
-            "AWS_ACCESS_KEY_ID": AWS_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-            "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": AWS_KEY,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
             "AWS_ENDPOINT_URL_DIRECT_CONNECT": self.directlink.url,
             "AWS_ENDPOINT_URL_DYNAMODB": self.aws_url,
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.aws_url,
@@ -96,8 +99,11 @@ class LocalCloud:
         self.directlink.start(port=self._port)
         self.world = scenario.seed(self.directlink)
         session = boto3.Session(aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_SECRET, region_name=REGION)
-        provision(session.client("dynamodb", endpoint_url=self.aws_url),
-                  session.client("secretsmanager", endpoint_url=self.aws_url), TABLE)
+        provision(
+            session.client("dynamodb", endpoint_url=self.aws_url),
+            session.client("secretsmanager", endpoint_url=self.aws_url),
+            TABLE,
+        )
         create_queues(session.client("sqs", endpoint_url=self.aws_url), EVENTS_QUEUE, EVENTS_DLQ)
         self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
         return self
@@ -118,17 +124,25 @@ def provision(dynamodb, secretsmanager, table: str) -> None:
     create_table(dynamodb, table)
     for target, account in scenario.TARGETS.items():
         access_key, secret_key = scenario.KEYS[account]
-        secretsmanager.create_secret(Name=scenario.secret_id(target), SecretString=json.dumps(
-            {"access_key_id": access_key, "secret_access_key": secret_key}))
+        secretsmanager.create_secret(
+            Name=scenario.secret_id(target),
+            SecretString=json.dumps({"access_key_id": access_key, "secret_access_key": secret_key}),
+        )
 
 
 def create_queues(sqs, events: str, dead_letters: str) -> str:
     """The events FIFO queue and its FIFO dead-letter queue, as infra/template.json declares them."""
     dlq_url = sqs.create_queue(QueueName=dead_letters, Attributes={"FifoQueue": "true"})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return sqs.create_queue(QueueName=events, Attributes={
-        "FifoQueue": "true", "ContentBasedDeduplication": "false", "VisibilityTimeout": "360",
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 10})})["QueueUrl"]
+    return sqs.create_queue(
+        QueueName=events,
+        Attributes={
+            "FifoQueue": "true",
+            "ContentBasedDeduplication": "false",
+            "VisibilityTimeout": "360",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 10}),
+        },
+    )["QueueUrl"]
 
 
 def serve(port: int = 4566, aws_port: int = 5005) -> int:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from . import DirectLinkSandbox
 
-PARTNER = "210987654321"      # the connectivity partner: owns the connection, allocates VIFs
-PROD = "111122223333"         # our production account: trusted, gateway ready
-STAGING = "444455556666"      # staging: trusted, but its gateway is still being created
-LAB = "777788889999"          # a lab account nobody wrote a rule for
+PARTNER = "210987654321"  # the connectivity partner: owns the connection, allocates VIFs
+PROD = "111122223333"  # our production account: trusted, gateway ready
+STAGING = "444455556666"  # staging: trusted, but its gateway is still being created
+LAB = "777788889999"  # a lab account nobody wrote a rule for
 
 # Sandbox access keys (not AWS keys): each maps to one account in the sandbox.
 KEYS = {
@@ -68,17 +68,22 @@ def seed(sb: DirectLinkSandbox) -> World:
         sb.add_account(account, access_key=access_key, secret_key=secret_key)
     sb.add_location("PAR1", "Equinix PA3, Paris")
     sb.add_location("PAR4", "Interxion PAR7, Paris")
-    connection = sb.add_connection(owner_account=PARTNER, name="partner-par-10g", location="PAR1",
-                                   bandwidth="10Gbps", connection_id=PARTNER_CONNECTION)
+    connection = sb.add_connection(
+        owner_account=PARTNER,
+        name="partner-par-10g",
+        location="PAR1",
+        bandwidth="10Gbps",
+        connection_id=PARTNER_CONNECTION,
+    )
     sb.add_gateway(PROD, state="available", gateway_id=PROD_GATEWAY)
     sb.add_gateway(STAGING, state="pending", gateway_id=STAGING_GATEWAY)
     sb.add_gateway(LAB, state="available", gateway_id=LAB_GATEWAY)
     plan = [  # name, owner, vlan, asn: what the partner allocated this week
         ("prod-app", PROD, 101, 65001),
         ("prod-db", PROD, 102, 65001),
-        ("prod-legacy", PROD, 250, 65001),     # vlan outside partner-prod's 100-199
-        ("stg-app", STAGING, 301, 65010),      # staging's gateway is not available yet
-        ("lab-bench", LAB, 401, 65020),        # no rule for the lab account
+        ("prod-legacy", PROD, 250, 65001),  # vlan outside partner-prod's 100-199
+        ("stg-app", STAGING, 301, 65010),  # staging's gateway is not available yet
+        ("lab-bench", LAB, 401, 65020),  # no rule for the lab account
     ]
     vif_ids = {}
     for name, owner, vlan, asn in plan:
@@ -89,7 +94,6 @@ def seed(sb: DirectLinkSandbox) -> World:
 
 def allocate_late_arrival(sb: DirectLinkSandbox, world: World) -> str:
     """A VIF the partner allocates between two cycles: first seen in `confirming`, deadline certain."""
-    vif = sb.allocate(connection_id=world.connection_id, owner_account=PROD, name="prod-cache", vlan=103,
-                      asn=65002)
+    vif = sb.allocate(connection_id=world.connection_id, owner_account=PROD, name="prod-cache", vlan=103, asn=65002)
     world.vif_ids["prod-cache"] = vif["virtualInterfaceId"]
     return vif["virtualInterfaceId"]

@@ -58,8 +58,10 @@ def produced_events(monkeypatch):
     monkeypatch.setattr(events, "build", recording)
     yield produced
     for event in produced:
-        problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                    for e in SCHEMA.iter_errors(json.loads(events.to_json(event)))]
+        problems = [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in SCHEMA.iter_errors(json.loads(events.to_json(event)))
+        ]
         assert not problems, f"{event.type} does not match docs/events.schema.json: {problems}"
 
 

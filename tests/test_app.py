@@ -36,14 +36,14 @@ def stage_world(aws, directlink):
 
 
 def put_config(stage: str, text: str) -> None:
-    boto3.client("ssm").put_parameter(Name=f"/vifgate/{stage}/config", Value=text, Type="SecureString",
-                                      Overwrite=True)
+    boto3.client("ssm").put_parameter(Name=f"/vifgate/{stage}/config", Value=text, Type="SecureString", Overwrite=True)
 
 
 def invoke_poll(stage: str):
     with Client(app, stage_name=stage) as client:
-        event = client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event",
-                                                detail={}, resources=[])
+        event = client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
         return client.lambda_.invoke("poll", event).payload
 
 
@@ -105,8 +105,10 @@ def test_a_failing_target_does_not_block_the_others(stage_world):
     # osc-staging's secret now holds a key the sandbox signs with another secret: InvalidSignature.
     boto3.client("secretsmanager").put_secret_value(
         SecretId=scenario.secret_id("osc-staging"),
-        SecretString=json.dumps({"access_key_id": scenario.KEYS[scenario.STAGING][0],
-                                 "secret_access_key": "wrong-secret-for-staging"}))
+        SecretString=json.dumps(
+            {"access_key_id": scenario.KEYS[scenario.STAGING][0], "secret_access_key": "wrong-secret-for-staging"}
+        ),
+    )
     summary = invoke_poll("prod")
 
     [failure] = summary["targets_failed"]
@@ -133,8 +135,10 @@ def test_two_cycles_at_once_on_one_ledger_confirm_each_vif_once(aws, directlink,
     config.write_text(scenario.CONFIG)
     settings = Settings(config_source=str(config), table_name=TABLE)
     # Each poller has its own clients; sandbox.local gives moto DynamoDB's per-request atomicity.
-    pollers = [Runtime(settings, policy=load_policy(str(config)), clock=sb.clock,
-                       dynamodb=boto3.client("dynamodb")) for _ in range(2)]
+    pollers = [
+        Runtime(settings, policy=load_policy(str(config)), clock=sb.clock, dynamodb=boto3.client("dynamodb"))
+        for _ in range(2)
+    ]
     start = threading.Barrier(2)
     reports = [None, None]
 

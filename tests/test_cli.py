@@ -46,10 +46,16 @@ def test_poll_json_prints_one_object_per_vif(cloud, capsys):
     rows = json_lines(out)
     assert set(rows) == set(cloud.world.vif_ids)
     for row in rows.values():
-        assert REQUIRED <= set(row) and row["action"] in ACTIONS
-    expected = {"target": "osc-prod", "ownerAccount": scenario.PROD, "state": "confirming", "action": "confirmed",
-                "rule": "partner-prod", "virtualGatewayId": scenario.PROD_GATEWAY,
-                "reason": f"rule partner-prod trusts account {scenario.PROD}; attached to {scenario.PROD_GATEWAY}"}
+        assert set(row) >= REQUIRED and row["action"] in ACTIONS
+    expected = {
+        "target": "osc-prod",
+        "ownerAccount": scenario.PROD,
+        "state": "confirming",
+        "action": "confirmed",
+        "rule": "partner-prod",
+        "virtualGatewayId": scenario.PROD_GATEWAY,
+        "reason": f"rule partner-prod trusts account {scenario.PROD}; attached to {scenario.PROD_GATEWAY}",
+    }
     assert {k: rows["prod-app"][k] for k in expected} == expected
     assert rows["lab-bench"]["action"] == "ask" and rows["lab-bench"]["rule"] is None
     assert rows["lab-bench"]["reason"] == f"no rule matches account {scenario.LAB}"
@@ -60,7 +66,7 @@ def test_poll_json_prints_one_object_per_vif(cloud, capsys):
 def test_poll_table_reads_well(cloud, capsys):
     code, out, _ = run(capsys, "poll")
     assert code == 0
-    header, *lines = out.splitlines()
+    header, *_lines = out.splitlines()
     assert header.split()[:7] == ["TARGET", "VIF", "NAME", "OWNER", "VLAN", "STATE", "ACTION"]
     assert "live: 3 ask, 2 confirmed; targets OK: " in out
 
@@ -90,9 +96,12 @@ def test_missing_config_file_exits_2(cloud, capsys, tmp_path):
 
 def test_a_failing_target_exits_1_and_says_which(cloud, capsys, tmp_path):
     config = tmp_path / "one-bad.yaml"
-    config.write_text(scenario.CONFIG.replace(f"secret_id: {scenario.secret_id('osc-lab')}",
-                                              "secret_id: vifgate/sandbox/does-not-exist"))
-    code, out, err = run(capsys, "poll", "--config", str(config))
+    config.write_text(
+        scenario.CONFIG.replace(
+            f"secret_id: {scenario.secret_id('osc-lab')}", "secret_id: vifgate/sandbox/does-not-exist"
+        )
+    )
+    code, out, _err = run(capsys, "poll", "--config", str(config))
     assert code == 1
     assert "FAILED osc-lab: get_secret_value on osc-lab failed: ResourceNotFoundException" in out
     assert "2 confirmed" in out  # the other targets went on
@@ -101,8 +110,9 @@ def test_a_failing_target_exits_1_and_says_which(cloud, capsys, tmp_path):
 def test_check_shows_what_each_vif_would_get_and_changes_nothing(cloud, capsys):
     code, out, _ = run(capsys, "check")
     assert code == 0
-    assert out.startswith("config OK: 3 target(s), 2 rule(s), default_action ask; "
-                          "confirm rules trust 2 account(s) and 2 gateway(s)")
+    assert out.startswith(
+        "config OK: 3 target(s), 2 rule(s), default_action ask; confirm rules trust 2 account(s) and 2 gateway(s)"
+    )
     assert "would_confirm" in out and "what-if (nothing changed)" in out
     assert confirm_calls(cloud.directlink) == []
     code, out, _ = run(capsys, "poll", "--json")  # the ledger was not touched by check
@@ -159,8 +169,14 @@ def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
     root = Path(__file__).resolve().parent.parent
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIFGATE_"))}
     clean |= {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    server = subprocess.Popen([sys.executable, "-m", "chalicelib.cli", "sandbox", "--port", "0", "--aws-port", "0"],
-                              cwd=root, env=clean, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "chalicelib.cli", "sandbox", "--port", "0", "--aws-port", "0"],
+        cwd=root,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         exports = {}
         for line in server.stdout:  # the server flushes everything once it is ready
@@ -172,14 +188,31 @@ def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
         assert exports["AWS_ENDPOINT_URL_DIRECT_CONNECT"].startswith("http://127.0.0.1:")
         assert exports["AWS_ENDPOINT_URL_DYNAMODB"].startswith("http://127.0.0.1:")
         env = clean | exports
-        poll = subprocess.run([sys.executable, "-m", "chalicelib.cli", "poll", "--json"], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=60)
+        poll = subprocess.run(
+            [sys.executable, "-m", "chalicelib.cli", "poll", "--json"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert poll.returncode == 0, poll.stderr
         actions = sorted(json.loads(line)["action"] for line in poll.stdout.splitlines())
         assert actions == ["ask", "ask", "ask", "confirmed", "confirmed"]
-        cli = subprocess.run([str(Path(sys.executable).parent / "aws"), "directconnect",
-                              "describe-virtual-interfaces", "--output", "json"],
-                             cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "aws"),
+                "directconnect",
+                "describe-virtual-interfaces",
+                "--output",
+                "json",
+            ],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 0, cli.stderr
         states = sorted(v["virtualInterfaceState"] for v in json.loads(cli.stdout)["virtualInterfaces"])
         assert states == ["confirming", "pending", "pending"]  # what osc-prod sees after the poll
@@ -192,8 +225,10 @@ def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
 def test_a_missing_ledger_table_is_explained(cloud, capsys):
     code, out, _ = run(capsys, "poll", "--table", "no-such-table")
     assert code == 1
-    assert ("FAILED osc-prod: ledger table no-such-table does not exist in this account/region "
-            "(deploy infra/template.json, set VIFGATE_TABLE, or run `vifgate sandbox` for a local one)") in out
+    assert (
+        "FAILED osc-prod: ledger table no-such-table does not exist in this account/region "
+        "(deploy infra/template.json, set VIFGATE_TABLE, or run `vifgate sandbox` for a local one)"
+    ) in out
     assert confirm_calls(cloud.directlink) == []
 
 

@@ -16,8 +16,9 @@ KEY, SECRET = scenario.KEYS[scenario.PROD]
 
 def target(**fields) -> Target:
     """A target signed by the base session (the keyed one the tests hand in) unless fields say otherwise."""
-    return Target.model_validate({"name": "t", "provider": "aws", "region": "eu-west-2",
-                                  "account_id": scenario.PROD, **fields})
+    return Target.model_validate(
+        {"name": "t", "provider": "aws", "region": "eu-west-2", "account_id": scenario.PROD, **fields}
+    )
 
 
 def outscale(**fields) -> Target:
@@ -90,20 +91,26 @@ def test_throttling_is_retried_then_reported(directlink):
 
 
 def test_unknown_key_is_a_clear_target_error(directlink):
-    clients = DirectLinkClients(base_session=lambda: boto3.Session(
-        aws_access_key_id="AKIDUNKNOWN000000000", aws_secret_access_key="nope", region_name="eu-west-2"))
+    clients = DirectLinkClients(
+        base_session=lambda: boto3.Session(
+            aws_access_key_id="AKIDUNKNOWN000000000", aws_secret_access_key="nope", region_name="eu-west-2"
+        )
+    )
     with pytest.raises(TargetError) as info:
         clients.get(target(endpoint_url=directlink.url)).describe_virtual_interfaces()
     assert info.value.code == "UnrecognizedClientException" and "nope" not in str(info.value)
 
 
-@pytest.mark.parametrize("fields, env, expected", [
-    ({}, {}, "https://directlink.eu-west-2.outscale.com"),
-    ({"region": "us-east-2"}, {}, "https://directlink.us-east-2.outscale.com"),
-    ({"region": "cloudgouv-eu-west-1"}, {}, "https://directlink.cloudgouv-eu-west-1.outscale.com"),
-    ({"endpoint_url": "http://127.0.0.1:9"}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://x"}, "http://127.0.0.1:9"),
-    ({}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://127.0.0.1:8"}, None),  # botocore applies the variable
-])
+@pytest.mark.parametrize(
+    "fields, env, expected",
+    [
+        ({}, {}, "https://directlink.eu-west-2.outscale.com"),
+        ({"region": "us-east-2"}, {}, "https://directlink.us-east-2.outscale.com"),
+        ({"region": "cloudgouv-eu-west-1"}, {}, "https://directlink.cloudgouv-eu-west-1.outscale.com"),
+        ({"endpoint_url": "http://127.0.0.1:9"}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://x"}, "http://127.0.0.1:9"),
+        ({}, {"AWS_ENDPOINT_URL_DIRECT_CONNECT": "http://127.0.0.1:8"}, None),  # botocore applies the variable
+    ],
+)
 def test_outscale_endpoint_resolution(fields, env, expected, monkeypatch):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -131,8 +138,10 @@ def test_a_malformed_secret_is_named_but_not_shown(aws, secret):
     boto3.client("secretsmanager").create_secret(Name="vifgate/broken", SecretString=secret)
     with pytest.raises(TargetError) as info:
         DirectLinkClients().get(outscale(credentials=Credentials(secret_id="vifgate/broken")))
-    assert str(info.value) == ("get_secret_value on t failed: BadSecret: secret vifgate/broken must be JSON "
-                               "with access_key_id and secret_access_key")
+    assert str(info.value) == (
+        "get_secret_value on t failed: BadSecret: secret vifgate/broken must be JSON "
+        "with access_key_id and secret_access_key"
+    )
 
 
 def test_assumed_role_credentials_are_used_and_cached(aws, monkeypatch):

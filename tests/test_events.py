@@ -36,8 +36,9 @@ def runtime_for(sb: DirectLinkSandbox, sqs=None, config: str = scenario.CONFIG, 
 def drain(queue_url: str) -> list[dict]:
     """Everything on the queue, in delivery order, as parsed CloudEvents."""
     sqs, received = boto3.client("sqs"), []
-    while batch := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10,
-                                       AttributeNames=["MessageGroupId"]).get("Messages", []):
+    while batch := sqs.receive_message(
+        QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["MessageGroupId"]
+    ).get("Messages", []):
         for message in batch:
             event = json.loads(message["Body"])
             assert message["Attributes"]["MessageGroupId"] == event["subject"]
@@ -53,7 +54,10 @@ def of_type(report, type_name: str) -> list:
 def test_first_cycle_events(directlink, queue):
     report = reconcile.run_cycle(runtime_for(directlink))
     assert Counter(e.type for e in report.events) == {
-        "vif.discovered": 5, "vif.confirmed": 2, "vif.approval_requested": 3}
+        "vif.discovered": 5,
+        "vif.confirmed": 2,
+        "vif.approval_requested": 3,
+    }
     assert report.delivery.sent == 10 and report.delivery.pending == 0
     received = drain(queue)
     assert sorted(e["id"] for e in received) == sorted(e.id for e in report.events)
@@ -61,10 +65,20 @@ def test_first_cycle_events(directlink, queue):
     assert confirmed["specversion"] == "1.0" and confirmed["source"] == "/vif-gatekeeper/osc-prod"
     assert confirmed["subject"] == confirmed["data"]["vif"]["virtualInterfaceId"]
     assert confirmed["data"] | {"vif": None} == {
-        "target": "osc-prod", "account": scenario.PROD, "region": REGION, "vif": None, "by": "rule",
-        "rule": "partner-prod", "approver": None, "gateway": scenario.PROD_GATEWAY}
-    asked = next(e for e in received if e["type"] == "vif.approval_requested"
-                 and e["data"]["vif"]["virtualInterfaceName"] == "lab-bench")
+        "target": "osc-prod",
+        "account": scenario.PROD,
+        "region": REGION,
+        "vif": None,
+        "by": "rule",
+        "rule": "partner-prod",
+        "approver": None,
+        "gateway": scenario.PROD_GATEWAY,
+    }
+    asked = next(
+        e
+        for e in received
+        if e["type"] == "vif.approval_requested" and e["data"]["vif"]["virtualInterfaceName"] == "lab-bench"
+    )
     assert asked["data"]["reason"] == f"no rule matches account {scenario.LAB}"
     assert asked["data"]["deadline_certain"] is False
 
@@ -119,8 +133,14 @@ def test_expiry_warnings_on_the_clock_then_expired(directlink, queue):
     assert expired[1].data.how == "state" and expired[1].data.deadline_certain is True
     assert warnings_at(timedelta(days=8)) == []
     received = [e for e in drain(queue) if e["subject"] == late]
-    assert [e["type"] for e in received] == ["vif.discovered", "vif.approval_requested", "vif.expiry_warning",
-                                             "vif.expiry_warning", "vif.state_changed", "vif.expired"]
+    assert [e["type"] for e in received] == [
+        "vif.discovered",
+        "vif.approval_requested",
+        "vif.expiry_warning",
+        "vif.expiry_warning",
+        "vif.state_changed",
+        "vif.expired",
+    ]
 
 
 def test_an_aws_vif_that_vanishes_while_confirming_has_expired(aws, clock, queue, monkeypatch):
@@ -188,8 +208,9 @@ class FlakySqs:
             keep, refuse = Entries[::2], Entries[1::2]
             self.injected["entries_refused"] += len(refuse)
             answer = self._client.send_message_batch(QueueUrl=QueueUrl, Entries=keep) if keep else {"Successful": []}
-            failed = [{"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"}
-                      for e in refuse]
+            failed = [
+                {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "injected"} for e in refuse
+            ]
             return {"Successful": answer.get("Successful", []), "Failed": failed}
         return self._client.send_message_batch(QueueUrl=QueueUrl, Entries=Entries)
 
@@ -225,9 +246,11 @@ def test_nothing_is_lost_when_sqs_fails_for_some_cycles(directlink, queue, capsy
         arrived[e["subject"]].append(e["id"])
     assert arrived == order, "in order per VIF"
     with capsys.disabled():
-        print(f"\n[lost-event test] cycles={len(plan)} injected={dict(sqs.injected)} events={len(produced)} "
-              f"sent={sent} received={len(received)} duplicates={duplicates} "
-              f"types={dict(Counter(e.type for e in produced))}")
+        print(
+            f"\n[lost-event test] cycles={len(plan)} injected={dict(sqs.injected)} events={len(produced)} "
+            f"sent={sent} received={len(received)} duplicates={duplicates} "
+            f"types={dict(Counter(e.type for e in produced))}"
+        )
 
 
 def test_a_resend_after_a_lost_delete_is_dropped_by_deduplication(directlink, queue, monkeypatch):

@@ -34,9 +34,17 @@ def chat(aws, monkeypatch):
         create_table(boto3.client("dynamodb"), "vifgate-prod-ledger")
         create_queues(boto3.client("sqs"), "vifgate-prod-events.fifo", DLQ)
         secrets = boto3.client("secretsmanager")
-        secrets.create_secret(Name="vifgate/prod/chat", SecretString=json.dumps(
-            {"slack": receiver.url + SLACK_PATH, "teams": receiver.url + "/teams", "hook": receiver.url + "/hook",
-             "signing": SIGNING_SECRET}))
+        secrets.create_secret(
+            Name="vifgate/prod/chat",
+            SecretString=json.dumps(
+                {
+                    "slack": receiver.url + SLACK_PATH,
+                    "teams": receiver.url + "/teams",
+                    "hook": receiver.url + "/hook",
+                    "signing": SIGNING_SECRET,
+                }
+            ),
+        )
         chat_config = """
 chat:
   destinations:
@@ -46,8 +54,9 @@ chat:
     - {name: audit-hook, kind: webhook, url: {secret_id: vifgate/prod/chat, key: hook},
        signing_secret: {secret_id: vifgate/prod/chat, key: signing}}
 """
-        boto3.client("ssm").put_parameter(Name="/vifgate/prod/config", Value=scenario.CONFIG + chat_config,
-                                          Type="SecureString")
+        boto3.client("ssm").put_parameter(
+            Name="/vifgate/prod/config", Value=scenario.CONFIG + chat_config, Type="SecureString"
+        )
         yield receiver
 
 
@@ -56,14 +65,25 @@ def sqs_batch(*bodies: str, groups: list[str] | None = None) -> dict:
     records = []
     for i, body in enumerate(bodies):
         group = groups[i] if groups else json.loads(body)["subject"]
-        records.append({
-            "messageId": str(uuid.uuid4()), "receiptHandle": f"handle-{i}", "body": body,
-            "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000)),
-                           "MessageGroupId": group, "MessageDeduplicationId": f"dedup-{i}",
-                           "SequenceNumber": str(18800000000000000000 + i)},
-            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-            "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:vifgate-prod-events.fifo",
-            "awsRegion": "eu-west-2"})
+        records.append(
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"handle-{i}",
+                "body": body,
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": str(int(time.time() * 1000)),
+                    "MessageGroupId": group,
+                    "MessageDeduplicationId": f"dedup-{i}",
+                    "SequenceNumber": str(18800000000000000000 + i),
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:vifgate-prod-events.fifo",
+                "awsRegion": "eu-west-2",
+            }
+        )
     return {"Records": records}
 
 
@@ -74,12 +94,28 @@ def invoke(batch: dict) -> dict:
 
 def three_events():
     deadline = {"deadline": "2026-11-28T09:00:00Z", "deadline_certain": False, "first_seen_at": "2026-11-21T09:00:00Z"}
-    return [vif_event("vif.confirmed", {"virtualInterfaceId": "dxvif-aaaa0001"}, by="rule", rule="partner-prod",
-                      gateway="vgw-12345678"),
-            vif_event("vif.approval_requested", {"virtualInterfaceId": "dxvif-aaaa0002"},
-                      reason="vlan 250 is outside 100-199 of rule partner-prod", **deadline),
-            vif_event("vif.expiry_warning", {"virtualInterfaceId": "dxvif-aaaa0003"}, threshold_hours=72,
-                      hours_left=71.5, **deadline)]
+    return [
+        vif_event(
+            "vif.confirmed",
+            {"virtualInterfaceId": "dxvif-aaaa0001"},
+            by="rule",
+            rule="partner-prod",
+            gateway="vgw-12345678",
+        ),
+        vif_event(
+            "vif.approval_requested",
+            {"virtualInterfaceId": "dxvif-aaaa0002"},
+            reason="vlan 250 is outside 100-199 of rule partner-prod",
+            **deadline,
+        ),
+        vif_event(
+            "vif.expiry_warning",
+            {"virtualInterfaceId": "dxvif-aaaa0003"},
+            threshold_hours=72,
+            hours_left=71.5,
+            **deadline,
+        ),
+    ]
 
 
 def posts(receiver: Receiver, path: str) -> list[dict]:
@@ -104,8 +140,13 @@ def test_each_destination_gets_the_events_it_asked_for(chat):
     hooks = [r for r in chat.requests if r.path == "/hook"]
     assert [json.loads(r.body)["id"] for r in hooks] == [e.id for e in batch]
     for request in hooks:
-        assert verify(SIGNING_SECRET, request.headers["X-VifGate-Timestamp"], request.headers["X-VifGate-Signature"],
-                      request.body, now=time.time())
+        assert verify(
+            SIGNING_SECRET,
+            request.headers["X-VifGate-Timestamp"],
+            request.headers["X-VifGate-Signature"],
+            request.body,
+            now=time.time(),
+        )
     assert dead_letters() == []
 
 
@@ -125,8 +166,9 @@ def test_a_failed_record_is_handed_back_and_its_retry_posts_only_what_is_missing
 
 def test_a_failure_holds_back_the_later_messages_of_the_same_vif(chat):
     first, second = three_events()[:2]
-    later = vif_event("vif.state_changed", {"virtualInterfaceId": first.subject},
-                      **{"from": "confirming", "to": "pending"})
+    later = vif_event(
+        "vif.state_changed", {"virtualInterfaceId": first.subject}, **{"from": "confirming", "to": "pending"}
+    )
     chat.answer(Answer(status=500))  # the first post of the first event fails
     bodies = sqs_batch(*map(events.to_json, (first, second, later)))
     failed = [f["itemIdentifier"] for f in invoke(bodies)["batchItemFailures"]]

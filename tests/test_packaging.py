@@ -64,7 +64,7 @@ def test_infra_table_matches_the_table_the_code_creates():
 
 
 def test_poll_rate_comes_from_the_stage_variable():
-    code = ("import app; h = app.app.event_sources[0]; print(h.schedule_expression.to_string())")
+    code = "import app; h = app.app.event_sources[0]; print(h.schedule_expression.to_string())"
     env = dict(os.environ, VIFGATE_POLL_MINUTES="5")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "rate(5 minutes)"
@@ -75,9 +75,14 @@ def test_chalice_package_builds_a_python313_template_that_lints(tmp_path):
     """Downloads the Lambda wheels (PyPI), so it needs the package registry, like `make test` does."""
     out = tmp_path / "out"
     env = dict(os.environ, AWS_DEFAULT_REGION="eu-west-1")
-    result = subprocess.run([str(BIN / "chalice"), "package", "--stage", "prod", "--merge-template",
-                             "infra/template.json", str(out)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [str(BIN / "chalice"), "package", "--stage", "prod", "--merge-template", "infra/template.json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed
     # Chalice only warns when a wheel is missing, and the function would fail at import in Lambda.
@@ -92,7 +97,7 @@ def test_chalice_package_builds_a_python313_template_that_lints(tmp_path):
     assert sqs_source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "vifgate-prod-events.fifo" in json.dumps(sqs_source["Queue"])
     assert functions["Notify"]["Properties"]["Timeout"] * 6 <= int(
-        template["Resources"]["EventsQueue"]["Properties"]["VisibilityTimeout"])
-    lint = subprocess.run([str(BIN / "cfn-lint"), str(out / "sam.json")], cwd=ROOT,
-                          capture_output=True, text=True)
+        template["Resources"]["EventsQueue"]["Properties"]["VisibilityTimeout"]
+    )
+    lint = subprocess.run([str(BIN / "cfn-lint"), str(out / "sam.json")], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr

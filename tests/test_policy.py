@@ -36,32 +36,48 @@ default_action: ask
 AVAILABLE = {"vgw-12345678": VirtualGateway(virtualGatewayId="vgw-12345678", virtualGatewayState="available")}
 
 
-def vif(owner=PROD, vlan=120, state="confirming", name="prod-app", asn=65000, connection="dxcon-fg5678gh",
-        **extra) -> VirtualInterface:
-    return VirtualInterface.model_validate({
-        "virtualInterfaceId": "dxvif-ffabc123", "virtualInterfaceName": name, "virtualInterfaceState": state,
-        "ownerAccount": owner, "vlan": vlan, "asn": asn, "connectionId": connection,
-        "authKey": "bgp-secret", **extra})
+def vif(
+    owner=PROD, vlan=120, state="confirming", name="prod-app", asn=65000, connection="dxcon-fg5678gh", **extra
+) -> VirtualInterface:
+    return VirtualInterface.model_validate(
+        {
+            "virtualInterfaceId": "dxvif-ffabc123",
+            "virtualInterfaceName": name,
+            "virtualInterfaceState": state,
+            "ownerAccount": owner,
+            "vlan": vlan,
+            "asn": asn,
+            "connectionId": connection,
+            "authKey": "bgp-secret",
+            **extra,
+        }
+    )
 
 
 CONFIRM = Confirm(rule="partner-prod", gateway="vgw-12345678", reason=f"rule partner-prod trusts account {PROD}")
 
 
-@pytest.mark.parametrize("case, expected", [
-    (vif(), CONFIRM),
-    (vif(owner=STRANGER), Ask(reason=f"no rule matches account {STRANGER}")),
-    (vif(vlan=250), Ask(reason="vlan 250 is outside 100-199 of rule partner-prod")),
-    (vif(vlan=99), Ask(reason="vlan 99 is outside 100-199 of rule partner-prod")),
-    (vif(vlan=199), CONFIRM),
-    (vif(asn=65001), Ask(reason="asn 65001 is not in rule partner-prod's asn list")),
-    (vif(asn=None, asnLong=4200000000), CONFIRM),
-    (vif(name="dev-app"), Ask(reason="name 'dev-app' does not match 'prod-*' of rule partner-prod")),
-    (vif(name=None), Ask(reason="name '' does not match 'prod-*' of rule partner-prod")),
-    (vif(connection="dxcon-00000000"),
-     Ask(reason="connection dxcon-00000000 is not in rule partner-prod's connections")),
-    (vif(owner=STAGING, vlan=300), Ask(rule="staging-ask", reason="rule staging-ask asks a person to decide")),
-    (vif(owner=None), Ask(reason="no rule matches account None")),
-], ids=lambda x: x.virtual_interface_name if isinstance(x, VirtualInterface) else "")
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (vif(), CONFIRM),
+        (vif(owner=STRANGER), Ask(reason=f"no rule matches account {STRANGER}")),
+        (vif(vlan=250), Ask(reason="vlan 250 is outside 100-199 of rule partner-prod")),
+        (vif(vlan=99), Ask(reason="vlan 99 is outside 100-199 of rule partner-prod")),
+        (vif(vlan=199), CONFIRM),
+        (vif(asn=65001), Ask(reason="asn 65001 is not in rule partner-prod's asn list")),
+        (vif(asn=None, asnLong=4200000000), CONFIRM),
+        (vif(name="dev-app"), Ask(reason="name 'dev-app' does not match 'prod-*' of rule partner-prod")),
+        (vif(name=None), Ask(reason="name '' does not match 'prod-*' of rule partner-prod")),
+        (
+            vif(connection="dxcon-00000000"),
+            Ask(reason="connection dxcon-00000000 is not in rule partner-prod's connections"),
+        ),
+        (vif(owner=STAGING, vlan=300), Ask(rule="staging-ask", reason="rule staging-ask asks a person to decide")),
+        (vif(owner=None), Ask(reason="no rule matches account None")),
+    ],
+    ids=lambda x: x.virtual_interface_name if isinstance(x, VirtualInterface) else "",
+)
 def test_decide_confirming(case, expected):
     assert decide(case, AVAILABLE, POLICY) == expected
 
@@ -76,23 +92,36 @@ def test_only_confirming_vifs_get_a_decision(state):
     assert decide(vif(state=state), AVAILABLE, POLICY) == NoAction(reason=f"state is {state}, not confirming")
 
 
-@pytest.mark.parametrize("gateways, reason", [
-    ({}, f"rule partner-prod would confirm it with vgw-12345678, but account {PROD} has no such virtual gateway"),
-    (None, "rule partner-prod would confirm it with vgw-12345678, but the account's virtual gateways could not "
-           "be listed this cycle"),
-    *[({"vgw-12345678": VirtualGateway(virtualGatewayId="vgw-12345678", virtualGatewayState=s)},
-       f"rule partner-prod would confirm it with vgw-12345678, but that gateway is {s}, not available")
-      for s in ("pending", "deleting", "deleted", "weird-new-state")],
-])
+@pytest.mark.parametrize(
+    "gateways, reason",
+    [
+        ({}, f"rule partner-prod would confirm it with vgw-12345678, but account {PROD} has no such virtual gateway"),
+        (
+            None,
+            "rule partner-prod would confirm it with vgw-12345678, but the account's virtual gateways could not "
+            "be listed this cycle",
+        ),
+        *[
+            (
+                {"vgw-12345678": VirtualGateway(virtualGatewayId="vgw-12345678", virtualGatewayState=s)},
+                f"rule partner-prod would confirm it with vgw-12345678, but that gateway is {s}, not available",
+            )
+            for s in ("pending", "deleting", "deleted", "weird-new-state")
+        ],
+    ],
+)
 def test_gateway_must_be_available(gateways, reason):
     assert decide(vif(), gateways, POLICY) == Ask(rule="partner-prod", reason=reason)
 
 
-@pytest.mark.parametrize("default, expected", [
-    ("ask", Ask(reason=f"no rule matches account {STRANGER}")),
-    ("ignore", Ignore(reason=f"no rule matches account {STRANGER}; default_action is ignore")),
-    ("reject", Reject(reason=f"no rule matches account {STRANGER}; default_action is reject")),
-])
+@pytest.mark.parametrize(
+    "default, expected",
+    [
+        ("ask", Ask(reason=f"no rule matches account {STRANGER}")),
+        ("ignore", Ignore(reason=f"no rule matches account {STRANGER}; default_action is ignore")),
+        ("reject", Reject(reason=f"no rule matches account {STRANGER}; default_action is reject")),
+    ],
+)
 def test_default_action(default, expected):
     policy = POLICY.model_copy(update={"default_action": default})
     assert decide(vif(owner=STRANGER), AVAILABLE, policy) == expected
@@ -109,7 +138,8 @@ rules: [{{name: no-666, accounts: ["{STAGING}"], vlan: {{min: 666, max: 666}}, a
 def test_vif_allocated_by_the_polled_account_is_left_to_its_owner():
     aws_hub = POLICY.target("aws-hub")
     assert decide(vif(owner=STAGING), AVAILABLE, POLICY, aws_hub) == NoAction(
-        reason=f"allocated to account {STAGING}; only that account can confirm it")
+        reason=f"allocated to account {STAGING}; only that account can confirm it"
+    )
     assert decide(vif(), AVAILABLE, POLICY, aws_hub) == CONFIRM
 
 
@@ -131,8 +161,15 @@ def test_decide_does_not_touch_its_inputs_and_is_repeatable():
 
 
 def test_unknown_fields_and_nulls_from_either_cloud_parse():
-    outscale = vif(addressFamily=None, bgpPeers=None, routeFilterPrefixes=None, customerRouterConfig=None,
-                   directConnectGatewayId=None, amazonSideAsn=None, someFutureField={"x": 1})
+    outscale = vif(
+        addressFamily=None,
+        bgpPeers=None,
+        routeFilterPrefixes=None,
+        customerRouterConfig=None,
+        directConnectGatewayId=None,
+        amazonSideAsn=None,
+        someFutureField={"x": 1},
+    )
     assert outscale.state == "confirming" and outscale.amazon_side_asn is None
     assert "authKey" not in outscale.snapshot() and "bgp-secret" not in repr(outscale)
     # AWS repeats the key inside customerRouterConfig once the VIF is up; that field is not kept.

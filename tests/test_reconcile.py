@@ -141,7 +141,8 @@ def test_a_refused_confirm_is_failed_and_retried_next_cycle(aws, directlink, mon
         refused = by_name(reconcile.run_cycle(runtime))
     assert refused["prod-app"].action == "failed", refused["prod-app"].reason
     assert refused["prod-app"].reason.startswith(
-        "confirm_private_virtual_interface on osc-prod failed: DirectConnectClientException: ")
+        "confirm_private_virtual_interface on osc-prod failed: DirectConnectClientException: "
+    )
     assert "deleting" in refused["prod-app"].reason
 
     directlink.set_gateway_state(scenario.PROD_GATEWAY, "available")  # recreated
@@ -242,15 +243,22 @@ def test_a_confirm_whose_answer_was_lost_is_recognised(aws, directlink, monkeypa
 
     def confirm_then_lose_the_answer(api, vif_id, gateway_id):
         confirm(api, vif_id, gateway_id)
-        raise TargetError(api.target.name, "confirm_private_virtual_interface", "DirectConnectClientException",
-                          f"Virtual interface {vif_id} is in state pending", retryable=False)
+        raise TargetError(
+            api.target.name,
+            "confirm_private_virtual_interface",
+            "DirectConnectClientException",
+            f"Virtual interface {vif_id} is in state pending",
+            retryable=False,
+        )
 
     monkeypatch.setattr(DirectLinkApi, "confirm", confirm_then_lose_the_answer)
     settings = Settings(config_source="test", table_name=TABLE, events_queue="q.fifo")
     report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
     assert by_name(report)["prod-app"].action == "confirmed"
     assert sorted(e.data.vif["virtualInterfaceName"] for e in report.events if e.type == "vif.confirmed") == [
-        "prod-app", "prod-db"]
+        "prod-app",
+        "prod-db",
+    ]
     assert records("osc-prod").vifs[directlink.world.vif_ids["prod-app"]].confirmed_at is not None
 
 
@@ -260,11 +268,18 @@ def test_unreadable_vifs_are_skipped_and_named_without_their_content(capsys):
 
     class Answer:
         def describe_virtual_interfaces(self, **_):
-            return {"virtualInterfaces": [
-                {"virtualInterfaceState": "confirming", "authKey": "bgp-secret-of-a-broken-vif"},
-                {"virtualInterfaceId": "dxvif-ok000001", "virtualInterfaceState": "confirming", "vlan": "not-a-vlan",
-                 "authKey": "bgp-secret-two"},
-                {"virtualInterfaceId": "dxvif-ok000002", "virtualInterfaceState": "confirming"}]}
+            return {
+                "virtualInterfaces": [
+                    {"virtualInterfaceState": "confirming", "authKey": "bgp-secret-of-a-broken-vif"},
+                    {
+                        "virtualInterfaceId": "dxvif-ok000001",
+                        "virtualInterfaceState": "confirming",
+                        "vlan": "not-a-vlan",
+                        "authKey": "bgp-secret-two",
+                    },
+                    {"virtualInterfaceId": "dxvif-ok000002", "virtualInterfaceState": "confirming"},
+                ]
+            }
 
     target = Target(name="t", provider="aws", region="eu-west-1", account_id=scenario.PROD)
     vifs = DirectLinkApi(target, Answer()).describe_virtual_interfaces()

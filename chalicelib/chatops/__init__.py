@@ -4,5 +4,15 @@ from .messages import Action, Message, render
 from .notifier import DeliveryError, Notifier, RetryLater, SecretUnavailable, Undeliverable
 from .webhook import sign, verify
 
-__all__ = ["Action", "DeliveryError", "Message", "Notifier", "RetryLater", "SecretUnavailable", "Undeliverable",
-           "render", "sign", "verify"]
+__all__ = [
+    "Action",
+    "DeliveryError",
+    "Message",
+    "Notifier",
+    "RetryLater",
+    "SecretUnavailable",
+    "Undeliverable",
+    "render",
+    "sign",
+    "verify",
+]

@@ -48,15 +48,13 @@ def header(headers: Mapping[str, str] | Headers | None, name: str) -> str | None
     return next((value for key, value in (headers or {}).items() if key.lower() == wanted), None)
 
 
-def post_json(url: str, body: bytes, headers: Mapping[str, str], *,
-              timeout: float) -> tuple[int, Headers, bytes]:
+def post_json(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float) -> tuple[int, Headers, bytes]:
     """POST `body` and return (status, headers, body) for any HTTP status.
 
     No connection, a timeout or a broken answer raise OSError or http.client.HTTPException;
     a URL urllib cannot use raises ValueError.
     """
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"User-Agent": USER_AGENT, **headers})
+    request = urllib.request.Request(url, data=body, method="POST", headers={"User-Agent": USER_AGENT, **headers})
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             return response.status, response.headers, response.read(_MAX_BODY)

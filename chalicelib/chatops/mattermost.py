@@ -25,8 +25,10 @@ def payload(message: Message) -> dict[str, Any]:
         "fallback": defang(message.text),
         "color": COLORS[message.severity],
         "title": defang(message.title),
-        "fields": [{"title": label, "value": defang(value), "short": len(value) <= _SHORT_FIELD}
-                   for label, value in message.fields],
+        "fields": [
+            {"title": label, "value": defang(value), "short": len(value) <= _SHORT_FIELD}
+            for label, value in message.fields
+        ],
         "footer": defang(f"{message.event_type} · {message.subject}"),
     }
     if message.actions:

@@ -55,11 +55,18 @@ def render(event: CloudEvent) -> Message:
     data = event.data
     parts = _RENDERERS[event.type](data, event.time)
     common = _vif_fields(data) if event.type.startswith("vif.") else ()
-    return Message(title=parts.title, text=parts.text, fields=common + parts.fields,
-                   severity=parts.severity, event_type=event.type, subject=event.subject)
+    return Message(
+        title=parts.title,
+        text=parts.text,
+        fields=common + parts.fields,
+        severity=parts.severity,
+        event_type=event.type,
+        subject=event.subject,
+    )
 
 
 # --- words and times ---------------------------------------------------------------------------
+
 
 def at(moment: datetime) -> str:
     """`2026-11-28 09:00 UTC`."""
@@ -76,7 +83,7 @@ def span(delta: timedelta) -> str:
     days, rest = divmod(minutes, 24 * 60)
     units = [(days, "d"), *zip(divmod(rest, 60), "hm", strict=True)]
     first = next(i for i, (n, _) in enumerate(units) if n)
-    return " ".join(f"{n}{unit}" for n, unit in units[first:first + 2] if n)
+    return " ".join(f"{n}{unit}" for n, unit in units[first : first + 2] if n)
 
 
 def relative(delta: timedelta) -> str:
@@ -97,6 +104,7 @@ def _sentence(text: str) -> str:
 
 # --- the VIF -----------------------------------------------------------------------------------
 
+
 def _label(data: Any) -> str:
     """The VIF's name, or its id when it has none."""
     return data.vif.get("virtualInterfaceName") or data.vif.get("virtualInterfaceId", "?")
@@ -116,14 +124,22 @@ def _target(data: Any) -> str:
 def _vif_fields(data: Any) -> tuple[Field, ...]:
     vif = data.vif
     asn = vif.get("asnLong", vif.get("asn"))  # AWS reports 4-byte ASNs in asnLong only
-    pairs = [("VIF", vif.get("virtualInterfaceName")), ("VIF id", vif.get("virtualInterfaceId")),
-             ("VLAN", vif.get("vlan")), ("ASN", asn), ("Connection", vif.get("connectionId")),
-             ("Location", vif.get("location")), ("Account", data.account or vif.get("ownerAccount")),
-             ("Target", _target(data)), ("State", vif.get("virtualInterfaceState"))]
+    pairs = [
+        ("VIF", vif.get("virtualInterfaceName")),
+        ("VIF id", vif.get("virtualInterfaceId")),
+        ("VLAN", vif.get("vlan")),
+        ("ASN", asn),
+        ("Connection", vif.get("connectionId")),
+        ("Location", vif.get("location")),
+        ("Account", data.account or vif.get("ownerAccount")),
+        ("Target", _target(data)),
+        ("State", vif.get("virtualInterfaceState")),
+    ]
     return tuple((label, str(value)) for label, value in pairs if value not in (None, ""))
 
 
 # --- deadlines ---------------------------------------------------------------------------------
+
 
 def _deadline(data: Any, now: datetime) -> str:
     """When it expires, and how sure we are: a VIF already waiting at the first poll started earlier."""
@@ -131,8 +147,7 @@ def _deadline(data: Any, now: datetime) -> str:
         return "no deadline known"
     if data.deadline_certain:
         return f"expires at {at(data.deadline)} ({relative(data.deadline - now)})"
-    return (f"first seen at {at(data.first_seen_at)}; it expires at the latest at {at(data.deadline)}, "
-            "possibly earlier")
+    return f"first seen at {at(data.first_seen_at)}; it expires at the latest at {at(data.deadline)}, possibly earlier"
 
 
 def _deadline_clause(data: Any, now: datetime) -> str:
@@ -157,10 +172,14 @@ def _deadline_fields(data: Any, now: datetime) -> tuple[Field, ...]:
 
 # --- one function per event type ---------------------------------------------------------------
 
+
 def _discovered(data: Any, now: datetime) -> _Parts:
     owner = f", owned by account {data.account}" if data.account else ""
-    return _Parts(f"New VIF {_label(data)}",
-                  f"VIF {_who(data)} appeared on target {data.target} in state {data.state}{owner}.", "info")
+    return _Parts(
+        f"New VIF {_label(data)}",
+        f"VIF {_who(data)} appeared on target {data.target} in state {data.state}{owner}.",
+        "info",
+    )
 
 
 _GOOD_STATES = {"available"}
@@ -170,8 +189,11 @@ _BAD_STATES = {"down", "deleting", "deleted", "rejected", "expired", "unknown"}
 def _state_changed(data: Any, now: datetime) -> _Parts:
     to = data.to_state
     severity: Severity = "success" if to in _GOOD_STATES else "warning" if to in _BAD_STATES else "info"
-    return _Parts(f"VIF {_label(data)}: {data.from_state} → {to}",
-                  f"VIF {_who(data)} went from {data.from_state} to {to}.", severity)
+    return _Parts(
+        f"VIF {_label(data)}: {data.from_state} → {to}",
+        f"VIF {_who(data)} went from {data.from_state} to {to}.",
+        severity,
+    )
 
 
 def _by(data: Any) -> str:
@@ -190,70 +212,103 @@ def _deciders(data: Any) -> tuple[Field, ...]:
 
 def _confirmed(data: Any, now: datetime) -> _Parts:
     fields = (*_deciders(data), ("Gateway", data.gateway))
-    return _Parts(f"VIF confirmed: {_label(data)}",
-                  f"VIF {_who(data)} was confirmed by {_by(data)} and attached to {data.gateway}.", "success",
-                  fields)
+    return _Parts(
+        f"VIF confirmed: {_label(data)}",
+        f"VIF {_who(data)} was confirmed by {_by(data)} and attached to {data.gateway}.",
+        "success",
+        fields,
+    )
 
 
 def _rejected(data: Any, now: datetime) -> _Parts:
     fields = (("Reason", _sentence(data.reason)), *_deciders(data))
-    return _Parts(f"VIF rejected: {_label(data)}",
-                  f"VIF {_who(data)} was rejected by {_by(data)}: {_sentence(data.reason)}.", "warning", fields)
+    return _Parts(
+        f"VIF rejected: {_label(data)}",
+        f"VIF {_who(data)} was rejected by {_by(data)}: {_sentence(data.reason)}.",
+        "warning",
+        fields,
+    )
 
 
 def _approval_requested(data: Any, now: datetime) -> _Parts:
     fields = (("Reason", _sentence(data.reason)), *_deciders(data))
-    return _Parts(f"Approval needed: VIF {_label(data)}",
-                  f"VIF {_who(data)} waits for confirmation: {_sentence(data.reason)}. "
-                  f"{_capital(_deadline_clause(data, now))}.", "warning", fields + _deadline_fields(data, now))
+    return _Parts(
+        f"Approval needed: VIF {_label(data)}",
+        f"VIF {_who(data)} waits for confirmation: {_sentence(data.reason)}. {_capital(_deadline_clause(data, now))}.",
+        "warning",
+        fields + _deadline_fields(data, now),
+    )
 
 
 def _expiry_warning(data: Any, now: datetime) -> _Parts:
     left = data.deadline - now if data.deadline else timedelta(hours=data.hours_left)
     within = span(left) if data.deadline_certain else f"at most {span(left)}"
-    return _Parts(f"VIF {_label(data)} expires in {within}",
-                  f"VIF {_who(data)} still waits for confirmation: {_deadline_clause(data, now)}. "
-                  "Confirm it before then, or the partner must create it again.",
-                  "danger" if left <= URGENT else "warning", _deadline_fields(data, now))
+    return _Parts(
+        f"VIF {_label(data)} expires in {within}",
+        f"VIF {_who(data)} still waits for confirmation: {_deadline_clause(data, now)}. "
+        "Confirm it before then, or the partner must create it again.",
+        "danger" if left <= URGENT else "warning",
+        _deadline_fields(data, now),
+    )
 
 
 def _expired(data: Any, now: datetime) -> _Parts:
     how = "has expired" if data.how == "state" else "is no longer listed: it expired"
-    deadline = "unknown" if data.deadline is None else at(data.deadline) + (
-        "" if data.deadline_certain else " (at the latest)")
-    return _Parts(f"VIF expired: {_label(data)}",
-                  f"VIF {_who(data)} was never confirmed and {how}. The partner must create it again.",
-                  "danger", (("First seen", at(data.first_seen_at)), ("Deadline", deadline)))
+    deadline = (
+        "unknown"
+        if data.deadline is None
+        else at(data.deadline) + ("" if data.deadline_certain else " (at the latest)")
+    )
+    return _Parts(
+        f"VIF expired: {_label(data)}",
+        f"VIF {_who(data)} was never confirmed and {how}. The partner must create it again.",
+        "danger",
+        (("First seen", at(data.first_seen_at)), ("Deadline", deadline)),
+    )
 
 
 def _disappeared(data: Any, now: datetime) -> _Parts:
-    return _Parts(f"VIF gone: {_label(data)}",
-                  f"VIF {_who(data)} is no longer listed on target {data.target}; its last state was "
-                  f"{data.last_state}.", "warning")
+    return _Parts(
+        f"VIF gone: {_label(data)}",
+        f"VIF {_who(data)} is no longer listed on target {data.target}; its last state was {data.last_state}.",
+        "warning",
+    )
 
 
 def _stuck_pending(data: Any, now: datetime) -> _Parts:
     pending = span(timedelta(minutes=data.pending_minutes))
-    return _Parts(f"VIF stuck in pending: {_label(data)}",
-                  f"VIF {_who(data)} was confirmed at {at(data.confirmed_at)} and is still pending after "
-                  f"{pending}. Check the virtual gateway and the partner's side.", "warning",
-                  (("Confirmed at", at(data.confirmed_at)), ("Pending for", pending)))
+    return _Parts(
+        f"VIF stuck in pending: {_label(data)}",
+        f"VIF {_who(data)} was confirmed at {at(data.confirmed_at)} and is still pending after "
+        f"{pending}. Check the virtual gateway and the partner's side.",
+        "warning",
+        (("Confirmed at", at(data.confirmed_at)), ("Pending for", pending)),
+    )
 
 
 def _target_failed(data: Any, now: datetime) -> _Parts:
-    return _Parts(f"Polling failed: {data.target}",
-                  f"Polling target {_target(data)} failed with {data.code}: {_sentence(data.message)}. "
-                  "Its VIFs are not watched until it recovers.", "danger",
-                  (("Target", data.target), ("Region", data.region or "-"), ("Code", data.code),
-                   ("Message", data.message)))
+    return _Parts(
+        f"Polling failed: {data.target}",
+        f"Polling target {_target(data)} failed with {data.code}: {_sentence(data.message)}. "
+        "Its VIFs are not watched until it recovers.",
+        "danger",
+        (("Target", data.target), ("Region", data.region or "-"), ("Code", data.code), ("Message", data.message)),
+    )
 
 
 def _target_recovered(data: Any, now: datetime) -> _Parts:
     down = span(now - data.failed_since)
-    return _Parts(f"Polling recovered: {data.target}",
-                  f"Polling target {_target(data)} works again after failing for {down}.", "success",
-                  (("Target", data.target), ("Region", data.region or "-"),
-                   ("Failing since", at(data.failed_since)), ("Down for", down)))
+    return _Parts(
+        f"Polling recovered: {data.target}",
+        f"Polling target {_target(data)} works again after failing for {down}.",
+        "success",
+        (
+            ("Target", data.target),
+            ("Region", data.region or "-"),
+            ("Failing since", at(data.failed_since)),
+            ("Down for", down),
+        ),
+    )
 
 
 _RENDERERS: dict[str, Callable[[Any, datetime], _Parts]] = {

@@ -63,9 +63,16 @@ class Undeliverable(DeliveryError):
 class Notifier:
     """Formats events and posts them to the chat destinations that want them."""
 
-    def __init__(self, destinations: list[Destination], resolve: Callable[[SecretRef], str], *,
-                 max_wait_seconds: float = 10.0, timeout_seconds: float = 5.0,
-                 slack_api_url: str = SLACK_API_URL, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        destinations: list[Destination],
+        resolve: Callable[[SecretRef], str],
+        *,
+        max_wait_seconds: float = 10.0,
+        timeout_seconds: float = 5.0,
+        slack_api_url: str = SLACK_API_URL,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.destinations = list(destinations)
         self.resolve = resolve
         self.max_wait_seconds = max_wait_seconds
@@ -79,14 +86,20 @@ class Notifier:
 
     def send(self, event: CloudEvent, destination: Destination) -> None:
         """Deliver `event` to `destination`, or raise RetryLater / Undeliverable; logs one line either way."""
-        line = {"destination": destination.name, "kind": destination.kind, "event_type": event.type,
-                "subject": event.subject}
+        line = {
+            "destination": destination.name,
+            "kind": destination.kind,
+            "event_type": event.type,
+            "subject": event.subject,
+        }
         try:
             reply, attempts = self._deliver(event, destination)
         except DeliveryError as error:
             log = logger.error if isinstance(error, Undeliverable) else logger.warning
-            log("not delivered", extra={**line, "status": error.status, "outcome": type(error).__name__,
-                                        "reason": error.reason})
+            log(
+                "not delivered",
+                extra={**line, "status": error.status, "outcome": type(error).__name__, "reason": error.reason},
+            )
             raise
         logger.info("delivered", extra={**line, "status": reply.status, "attempts": attempts})
 
@@ -102,8 +115,12 @@ class Notifier:
                 raise _refused(destination, reply)
             wait = _retry_after(reply.retry_after)
             if waited + wait > self.max_wait_seconds:
-                raise RetryLater(destination, f"rate limited ({_status(reply)}); Retry-After {wait:g}s would pass "
-                                              f"the {self.max_wait_seconds:g}s wait budget", reply.status)
+                raise RetryLater(
+                    destination,
+                    f"rate limited ({_status(reply)}); Retry-After {wait:g}s would pass "
+                    f"the {self.max_wait_seconds:g}s wait budget",
+                    reply.status,
+                )
             self.sleep(wait)
             waited += wait
 
@@ -117,8 +134,14 @@ class Notifier:
         message = render(event)
         if destination.token is not None:
             token = self._token(destination)
-            return partial(slack.post_message, token, destination.channel, slack.payload(message),
-                           api_url=self.slack_api_url, timeout=timeout)
+            return partial(
+                slack.post_message,
+                token,
+                destination.channel,
+                slack.payload(message),
+                api_url=self.slack_api_url,
+                timeout=timeout,
+            )
         url = self._url(destination)
         if destination.kind == "slack":
             return partial(slack.post_webhook, url, slack.payload(message), timeout=timeout)
@@ -148,8 +171,12 @@ class Notifier:
         try:
             parts = urlsplit(url)
             # .port raises ValueError for a port out of range or not a number
-            usable = (parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-                      and bool(_VISIBLE.fullmatch(url)))
+            usable = (
+                parts.scheme in ("http", "https")
+                and bool(parts.hostname)
+                and parts.port != 0
+                and bool(_VISIBLE.fullmatch(url))
+            )
         except ValueError:
             usable = False
         if not usable:

@@ -44,7 +44,7 @@ def escape(text: str) -> str:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _mrkdwn(text: str, limit: int = _TEXT_MAX) -> MarkdownTextObject:
@@ -55,13 +55,28 @@ def blocks(message: Message) -> list[Block]:
     """Header, the sentence, the fields (ten per section), the buttons, then type and subject."""
     result: list[Block] = [HeaderBlock(text=_cut(message.title, _HEADER_MAX)), SectionBlock(text=_mrkdwn(message.text))]
     for chunk in batched(message.fields, _FIELDS_PER_SECTION):
-        result.append(SectionBlock(fields=[
-            MarkdownTextObject(text=_cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX)) for label, value in chunk]))
+        result.append(
+            SectionBlock(
+                fields=[
+                    MarkdownTextObject(text=_cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX))
+                    for label, value in chunk
+                ]
+            )
+        )
     if message.actions:
-        result.append(ActionsBlock(elements=[
-            ButtonElement(text=_cut(action.label, _BUTTON_MAX), url=action.url, action_id=f"vifgate-{i}",
-                          style=_BUTTON_STYLES.get(action.style))
-            for i, action in enumerate(message.actions)]))
+        result.append(
+            ActionsBlock(
+                elements=[
+                    ButtonElement(
+                        text=_cut(action.label, _BUTTON_MAX),
+                        url=action.url,
+                        action_id=f"vifgate-{i}",
+                        style=_BUTTON_STYLES.get(action.style),
+                    )
+                    for i, action in enumerate(message.actions)
+                ]
+            )
+        )
     result.append(ContextBlock(elements=[_mrkdwn(f"{message.event_type} · {message.subject}")]))
     return result
 

@@ -31,8 +31,14 @@ def sign(secret: str | bytes, timestamp: int | str, body: str | bytes) -> str:
     return f"v1={mac.hexdigest()}"
 
 
-def verify(secret: str | bytes, timestamp_header: str | None, signature_header: str | None,
-           body: str | bytes, now: float, tolerance_seconds: float = 300) -> bool:
+def verify(
+    secret: str | bytes,
+    timestamp_header: str | None,
+    signature_header: str | None,
+    body: str | bytes,
+    now: float,
+    tolerance_seconds: float = 300,
+) -> bool:
     """True only for a well-formed signature by `secret` over this body, timestamped within tolerance of `now`."""
     if not isinstance(timestamp_header, str) or not isinstance(signature_header, str):
         return False
@@ -47,5 +53,8 @@ def request(event: CloudEvent, secret: str, now: float) -> tuple[bytes, dict[str
     """Body and headers of the POST, signed at unix time `now`."""
     body = events.to_json(event).encode()
     timestamp = str(int(now))
-    return body, {"Content-Type": CONTENT_TYPE, TIMESTAMP_HEADER: timestamp,
-                  SIGNATURE_HEADER: sign(secret, timestamp, body)}
+    return body, {
+        "Content-Type": CONTENT_TYPE,
+        TIMESTAMP_HEADER: timestamp,
+        SIGNATURE_HEADER: sign(secret, timestamp, body),
+    }

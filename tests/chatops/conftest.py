@@ -17,9 +17,16 @@ DEADLINE = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)  # 4d 4h 30m after NOW
 AUTH_KEY = "bgp-md5-0xDEADBEEF-never-shown"
 
 RAW_VIF = {
-    "virtualInterfaceId": "dxvif-fgh12345", "virtualInterfaceName": "prod-par-1", "vlan": 120, "asn": 65000,
-    "connectionId": "dxcon-fg5678gh", "location": "PAR1", "ownerAccount": "111122223333",
-    "virtualInterfaceState": "confirming", "virtualInterfaceType": "private", "virtualGatewayId": "vgw-12345678",
+    "virtualInterfaceId": "dxvif-fgh12345",
+    "virtualInterfaceName": "prod-par-1",
+    "vlan": 120,
+    "asn": 65000,
+    "connectionId": "dxcon-fg5678gh",
+    "location": "PAR1",
+    "ownerAccount": "111122223333",
+    "virtualInterfaceState": "confirming",
+    "virtualInterfaceType": "private",
+    "virtualGatewayId": "vgw-12345678",
     "authKey": AUTH_KEY,
 }
 

@@ -33,8 +33,13 @@ DESTINATIONS = {
 }
 KINDS = list(DESTINATIONS)
 SLACK_OK = b'{"ok": true, "channel": "C0NETOPS", "ts": "1700000000.000100"}'
-EVENT = vif_event("vif.approval_requested", reason="no rule matches account 111122223333",
-                  deadline=DEADLINE, deadline_certain=False, first_seen_at=FIRST_SEEN)
+EVENT = vif_event(
+    "vif.approval_requested",
+    reason="no rule matches account 111122223333",
+    deadline=DEADLINE,
+    deadline_certain=False,
+    first_seen_at=FIRST_SEEN,
+)
 
 
 def rate_limited(kind: str, retry_after: str | None = "1") -> Answer:
@@ -49,11 +54,19 @@ class Harness:
     def __init__(self, receiver, kind: str, *, url: str | None = None, api_url: str | None = None, **options):
         self.receiver = receiver
         self.sleeps: list[float] = []
-        self.secrets = {URL: url or f"{receiver.url}/hooks/T0/B0/{WEBHOOK_SECRET_PART}",
-                        TOKEN: BOT_TOKEN, SIGNING: SIGNING_SECRET}
+        self.secrets = {
+            URL: url or f"{receiver.url}/hooks/T0/B0/{WEBHOOK_SECRET_PART}",
+            TOKEN: BOT_TOKEN,
+            SIGNING: SIGNING_SECRET,
+        }
         self.destination = Destination(name=f"ops-{kind}", **DESTINATIONS[kind])
-        self.notifier = Notifier([self.destination], self.resolve, sleep=self.sleeps.append,
-                                 slack_api_url=api_url or f"{receiver.url}/api/", **options)
+        self.notifier = Notifier(
+            [self.destination],
+            self.resolve,
+            sleep=self.sleeps.append,
+            slack_api_url=api_url or f"{receiver.url}/api/",
+            **options,
+        )
         if kind == "slack-bot":
             receiver.default = Answer(body=SLACK_OK)
 
@@ -71,6 +84,7 @@ def harness(receiver):
 
 # --- payloads ------------------------------------------------------------------------------------
 
+
 def test_slack_incoming_webhook_gets_block_kit(harness, receiver):
     harness("slack").send()
     (request,) = receiver.requests
@@ -81,8 +95,15 @@ def test_slack_incoming_webhook_gets_block_kit(harness, receiver):
     assert [b["type"] for b in body["blocks"]] == ["header", "section", "section", "section", "context"]
     assert body["blocks"][0]["text"]["text"] == "Approval needed: VIF prod-par-1"
     fields = [f["text"] for section in body["blocks"][2:4] for f in section["fields"]]
-    for expected in ("*VIF id*\ndxvif-fgh12345", "*VLAN*\n120", "*ASN*\n65000", "*Connection*\ndxcon-fg5678gh",
-                     "*Location*\nPAR1", "*Account*\n111122223333", "*Time left*\nat most 4d 4h"):
+    for expected in (
+        "*VIF id*\ndxvif-fgh12345",
+        "*VLAN*\n120",
+        "*ASN*\n65000",
+        "*Connection*\ndxcon-fg5678gh",
+        "*Location*\nPAR1",
+        "*Account*\n111122223333",
+        "*Time left*\nat most 4d 4h",
+    ):
         assert expected in fields
 
 
@@ -94,8 +115,10 @@ def test_slack_bot_token_calls_chat_post_message(harness, receiver):
     body = request.json()
     assert body["channel"] == "C0NETOPS"
     assert body["text"].startswith("VIF prod-par-1 (dxvif-fgh12345)")
-    assert body["blocks"][0] == {"type": "header", "text": {"type": "plain_text", "emoji": True,
-                                                            "text": "Approval needed: VIF prod-par-1"}}
+    assert body["blocks"][0] == {
+        "type": "header",
+        "text": {"type": "plain_text", "emoji": True, "text": "Approval needed: VIF prod-par-1"},
+    }
 
 
 def test_mattermost_gets_a_slack_attachment_not_blocks(harness, receiver):
@@ -113,8 +136,12 @@ def test_teams_gets_the_workflows_envelope(harness, receiver):
     harness("teams").send()
     body = receiver.requests[0].json()
     content = body["attachments"][0]["content"]
-    assert body == {"type": "message", "attachments": [
-        {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": content}]}
+    assert body == {
+        "type": "message",
+        "attachments": [
+            {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": content}
+        ],
+    }
     assert (content["type"], content["version"]) == ("AdaptiveCard", "1.4")
     assert content["$schema"] == "http://adaptivecards.io/schemas/adaptive-card.json"
     facts = next(b["facts"] for b in content["body"] if b["type"] == "FactSet")
@@ -132,11 +159,13 @@ def test_webhook_gets_the_cloudevent_signed(harness, receiver):
     assert abs(int(timestamp) - time.time()) < 60
     assert verify(SIGNING_SECRET, timestamp, signature, request.body, now=time.time())
     assert not verify("another-secret", timestamp, signature, request.body, now=time.time())
-    assert not verify(SIGNING_SECRET, timestamp, signature, request.body.replace(b"111122223333", b"999999999999"),
-                      now=time.time())
+    assert not verify(
+        SIGNING_SECRET, timestamp, signature, request.body.replace(b"111122223333", b"999999999999"), now=time.time()
+    )
 
 
 # --- outcomes ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_rate_limited_then_delivered_after_waiting(harness, receiver, kind):
@@ -147,8 +176,13 @@ def test_rate_limited_then_delivered_after_waiting(harness, receiver, kind):
     first, second = receiver.requests
     assert first.body == second.body and first.path == second.path
     if kind == "webhook":  # signed anew for the retry
-        assert verify(SIGNING_SECRET, second.headers["X-VifGate-Timestamp"], second.headers["X-VifGate-Signature"],
-                      second.body, now=time.time())
+        assert verify(
+            SIGNING_SECRET,
+            second.headers["X-VifGate-Timestamp"],
+            second.headers["X-VifGate-Signature"],
+            second.body,
+            now=time.time(),
+        )
 
 
 def test_retry_after_defaults_to_one_second(harness, receiver):
@@ -200,10 +234,16 @@ def test_slack_webhook_errors_name_slacks_code(harness, receiver):
         harness("slack").send()
 
 
-@pytest.mark.parametrize("error, outcome", [
-    ("invalid_auth", Undeliverable), ("channel_not_found", Undeliverable), ("not_in_channel", Undeliverable),
-    ("token_revoked", Undeliverable), ("internal_error", RetryLater),
-])
+@pytest.mark.parametrize(
+    "error, outcome",
+    [
+        ("invalid_auth", Undeliverable),
+        ("channel_not_found", Undeliverable),
+        ("not_in_channel", Undeliverable),
+        ("token_revoked", Undeliverable),
+        ("internal_error", RetryLater),
+    ],
+)
 def test_slack_api_errors(harness, receiver, error, outcome):
     receiver.answer(Answer(200, body=json.dumps({"ok": False, "error": error}).encode()))
     with pytest.raises(outcome, match=f"HTTP 200 {error}"):
@@ -242,25 +282,31 @@ def test_an_unreadable_secret_is_undeliverable(harness, receiver):
         return setup.secrets[ref]
 
     setup.notifier.resolve = resolve
-    with pytest.raises(Undeliverable, match=r"ops-webhook \(webhook\): cannot read its signing_secret secret "
-                                            r"\(PermissionError\)"):
+    with pytest.raises(
+        Undeliverable,
+        match=r"ops-webhook \(webhook\): cannot read its signing_secret secret "
+        r"\(PermissionError\)",
+    ):
         setup.send()
     assert receiver.requests == []
 
 
-@pytest.mark.parametrize("kind, ref, value", [
-    ("teams", URL, ""),
-    ("teams", URL, "hooks.example.com/workflows/abc"),
-    ("teams", URL, "ftp://127.0.0.1/hook"),
-    ("teams", URL, "http:///no-host"),
-    ("teams", URL, "http://127.0.0.1:99999/hook"),
-    ("teams", URL, "http://127.0.0.1/hook with space"),
-    ("mattermost", URL, {"url": "http://127.0.0.1/hook"}),
-    ("slack", URL, "slack://not-http"),
-    ("slack-bot", TOKEN, "xoxb-1 2"),
-    ("slack-bot", TOKEN, "   "),
-    ("webhook", SIGNING, ""),
-])
+@pytest.mark.parametrize(
+    "kind, ref, value",
+    [
+        ("teams", URL, ""),
+        ("teams", URL, "hooks.example.com/workflows/abc"),
+        ("teams", URL, "ftp://127.0.0.1/hook"),
+        ("teams", URL, "http:///no-host"),
+        ("teams", URL, "http://127.0.0.1:99999/hook"),
+        ("teams", URL, "http://127.0.0.1/hook with space"),
+        ("mattermost", URL, {"url": "http://127.0.0.1/hook"}),
+        ("slack", URL, "slack://not-http"),
+        ("slack-bot", TOKEN, "xoxb-1 2"),
+        ("slack-bot", TOKEN, "   "),
+        ("webhook", SIGNING, ""),
+    ],
+)
 def test_a_malformed_secret_is_undeliverable(harness, receiver, kind, ref, value):
     setup = harness(kind)
     setup.secrets[ref] = value
@@ -278,12 +324,16 @@ def test_a_token_with_a_trailing_newline_still_works(harness, receiver):
 
 # --- secrets stay secret -------------------------------------------------------------------------
 
+
 def test_no_secret_reaches_a_payload_a_log_or_an_error(harness, receiver, closed_port, capsys, caplog):
     caplog.set_level(logging.DEBUG)  # slack_sdk logs request URLs at DEBUG/INFO when allowed to
     dead = f"http://127.0.0.1:{closed_port}"
     answers = [Answer(404, body=b"no_service"), Answer(500), rate_limited("slack", "60")]
-    broken_urls = [f"{dead}/hooks/{WEBHOOK_SECRET_PART}", f"http://127.0.0.1:99999/hooks/{WEBHOOK_SECRET_PART}",
-                   f"htp://127.0.0.1/hooks/{WEBHOOK_SECRET_PART}"]
+    broken_urls = [
+        f"{dead}/hooks/{WEBHOOK_SECRET_PART}",
+        f"http://127.0.0.1:99999/hooks/{WEBHOOK_SECRET_PART}",
+        f"htp://127.0.0.1/hooks/{WEBHOOK_SECRET_PART}",
+    ]
     failures: list[BaseException] = []
     for kind in KINDS:
         harness(kind).send()
@@ -297,8 +347,12 @@ def test_no_secret_reaches_a_payload_a_log_or_an_error(harness, receiver, closed
             except (RetryLater, Undeliverable) as error:
                 failures.append(error)
     assert len(failures) == len(KINDS) * (len(answers) + len(broken_urls))
-    texts = [receiver.bodies(), capsys.readouterr().err, caplog.text,
-             *("".join(traceback.format_exception(error)) for error in failures)]
+    texts = [
+        receiver.bodies(),
+        capsys.readouterr().err,
+        caplog.text,
+        *("".join(traceback.format_exception(error)) for error in failures),
+    ]
     headers = [json.dumps({k: v for k, v in r.headers.items() if k != "Authorization"}) for r in receiver.requests]
     for secret in SECRETS:
         for text in texts + headers:
@@ -306,6 +360,7 @@ def test_no_secret_reaches_a_payload_a_log_or_an_error(harness, receiver, closed
 
 
 # --- logs and routing ----------------------------------------------------------------------------
+
 
 def _log_lines(stderr: str) -> list[dict]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
@@ -319,29 +374,38 @@ def test_one_structured_line_per_delivery(harness, receiver, capsys):
     with pytest.raises(Undeliverable):
         setup.send()
     delivered, refused = _log_lines(capsys.readouterr().err)
-    context = {"destination": "ops-teams", "kind": "teams", "event_type": "vif.approval_requested",
-               "subject": "dxvif-fgh12345"}
+    context = {
+        "destination": "ops-teams",
+        "kind": "teams",
+        "event_type": "vif.approval_requested",
+        "subject": "dxvif-fgh12345",
+    }
     assert delivered["message"] == "delivered" and delivered["level"] == "INFO"
     assert delivered.items() >= {**context, "status": 200, "attempts": 2}.items()
     assert refused["message"] == "not delivered" and refused["level"] == "ERROR"
     assert refused.items() >= {**context, "status": 410, "outcome": "Undeliverable"}.items()
 
 
-@pytest.mark.parametrize("globs, wanted", [
-    (["*"], {"vif.approval_requested", "vif.expired", "target.failed"}),
-    (["vif.*"], {"vif.approval_requested", "vif.expired"}),
-    (["target.failed"], {"target.failed"}),
-    (["vif.expir*", "target.*"], {"vif.expired", "target.failed"}),
-    (["vif.approval_requested"], {"vif.approval_requested"}),
-    (["VIF.*"], set()),
-])
+@pytest.mark.parametrize(
+    "globs, wanted",
+    [
+        (["*"], {"vif.approval_requested", "vif.expired", "target.failed"}),
+        (["vif.*"], {"vif.approval_requested", "vif.expired"}),
+        (["target.failed"], {"target.failed"}),
+        (["vif.expir*", "target.*"], {"vif.expired", "target.failed"}),
+        (["vif.approval_requested"], {"vif.approval_requested"}),
+        (["VIF.*"], set()),
+    ],
+)
 def test_destinations_for_matches_globs_on_the_type(globs, wanted):
     destination = Destination(name="room", kind="teams", url=URL, events=globs)
     other = Destination(name="all", kind="teams", url=URL)
     notifier = Notifier([destination, other], resolve=lambda ref: "")
-    samples = [EVENT, vif_event("vif.expired", how="state", deadline=DEADLINE, deadline_certain=True,
-                                first_seen_at=FIRST_SEEN),
-               target_event("target.failed", code="AccessDenied", message="no")]
+    samples = [
+        EVENT,
+        vif_event("vif.expired", how="state", deadline=DEADLINE, deadline_certain=True, first_seen_at=FIRST_SEEN),
+        target_event("target.failed", code="AccessDenied", message="no"),
+    ]
     got = {e.type for e in samples if destination in notifier.destinations_for(e)}
     assert got == wanted
     assert all(other in notifier.destinations_for(e) for e in samples)
@@ -387,12 +451,27 @@ def test_stale_and_future_timestamps_fail(age):
 GOOD = sign(SIGNING_SECRET, NOW_S, b"{}")
 
 
-@pytest.mark.parametrize("timestamp, signature", [
-    (None, GOOD), (str(NOW_S), None), ("", GOOD), (str(NOW_S), ""),
-    (f" {NOW_S}", GOOD), (f"{NOW_S}\n", GOOD), (f"{NOW_S}.0", GOOD), ("-5", GOOD), ("١٨٠٠٠٠٠٠٠٠", GOOD),
-    (str(NOW_S), GOOD.removeprefix("v1=")), (str(NOW_S), "v2=" + GOOD[3:]), (str(NOW_S), GOOD.upper()),
-    (str(NOW_S), GOOD + "\n"), (str(NOW_S), GOOD[:-1]), (str(NOW_S), f"{GOOD},{GOOD}"), (str(NOW_S), "v1=é" * 22),
-])
+@pytest.mark.parametrize(
+    "timestamp, signature",
+    [
+        (None, GOOD),
+        (str(NOW_S), None),
+        ("", GOOD),
+        (str(NOW_S), ""),
+        (f" {NOW_S}", GOOD),
+        (f"{NOW_S}\n", GOOD),
+        (f"{NOW_S}.0", GOOD),
+        ("-5", GOOD),
+        ("١٨٠٠٠٠٠٠٠٠", GOOD),
+        (str(NOW_S), GOOD.removeprefix("v1=")),
+        (str(NOW_S), "v2=" + GOOD[3:]),
+        (str(NOW_S), GOOD.upper()),
+        (str(NOW_S), GOOD + "\n"),
+        (str(NOW_S), GOOD[:-1]),
+        (str(NOW_S), f"{GOOD},{GOOD}"),
+        (str(NOW_S), "v1=é" * 22),
+    ],
+)
 def test_malformed_headers_fail_without_raising(timestamp, signature):
     assert verify(SIGNING_SECRET, str(NOW_S), GOOD, b"{}", now=NOW_S)
     assert not verify(SIGNING_SECRET, timestamp, signature, b"{}", now=NOW_S)

@@ -8,19 +8,24 @@ from datetime import timedelta
 import pytest
 
 from chalicelib import events
-from chalicelib.chatops import Action, Message, render
-from chalicelib.chatops import mattermost, slack, teams
+from chalicelib.chatops import Action, Message, mattermost, render, slack, teams
 from chalicelib.chatops.messages import span
 from chalicelib.models import VirtualInterface
 
 from .conftest import AUTH_KEY, DEADLINE, FIRST_SEEN, NOW, RAW_VIF, target_event, vif_event
 
-VIF_FIELDS = (("VIF", "prod-par-1"), ("VIF id", "dxvif-fgh12345"), ("VLAN", "120"), ("ASN", "65000"),
-              ("Connection", "dxcon-fg5678gh"), ("Location", "PAR1"), ("Account", "111122223333"),
-              ("Target", "osc-par (eu-west-2)"))
+VIF_FIELDS = (
+    ("VIF", "prod-par-1"),
+    ("VIF id", "dxvif-fgh12345"),
+    ("VLAN", "120"),
+    ("ASN", "65000"),
+    ("Connection", "dxcon-fg5678gh"),
+    ("Location", "PAR1"),
+    ("Account", "111122223333"),
+    ("Target", "osc-par (eu-west-2)"),
+)
 CERTAIN = "expires at 2026-11-28 09:00 UTC (in 4d 4h)"
-UNCERTAIN = ("first seen at 2026-11-21 09:00 UTC; it expires at the latest at 2026-11-28 09:00 UTC, "
-             "possibly earlier")
+UNCERTAIN = "first seen at 2026-11-21 09:00 UTC; it expires at the latest at 2026-11-28 09:00 UTC, possibly earlier"
 
 
 def deadline(certain: bool, at=DEADLINE) -> dict:
@@ -32,73 +37,176 @@ def changed(from_state: str, to_state: str):
 
 
 CASES = [
-    pytest.param(vif_event("vif.discovered", state="confirming"),
-                 "New VIF prod-par-1", "info", ["appeared on target osc-par", "account 111122223333"],
-                 [("State", "confirming")], id="discovered"),
-    pytest.param(changed("pending", "available"),
-                 "VIF prod-par-1: pending → available", "success", ["went from pending to available"],
-                 [("State", "available")], id="state_changed-available"),
-    pytest.param(changed("available", "down"),
-                 "VIF prod-par-1: available → down", "warning", ["went from available to down"], [],
-                 id="state_changed-down"),
-    pytest.param(changed("confirming", "pending"),
-                 "VIF prod-par-1: confirming → pending", "info", [], [], id="state_changed-pending"),
-    pytest.param(vif_event("vif.confirmed", by="rule", rule="partner-prod", gateway="vgw-12345678"),
-                 "VIF confirmed: prod-par-1", "success", ["confirmed by rule partner-prod", "attached to vgw-12345678"],
-                 [("Rule", "partner-prod"), ("Gateway", "vgw-12345678")], id="confirmed-rule"),
-    pytest.param(vif_event("vif.confirmed", by="approver", approver="alice@example.com", gateway="vgw-12345678"),
-                 "VIF confirmed: prod-par-1", "success", ["confirmed by alice@example.com"],
-                 [("Approver", "alice@example.com"), ("Gateway", "vgw-12345678")], id="confirmed-approver"),
-    pytest.param(vif_event("vif.rejected", by="rule", rule="no-test", reason="VLAN 120 is outside 200-299."),
-                 "VIF rejected: prod-par-1", "warning", ["rejected by rule no-test: VLAN 120 is outside 200-299."],
-                 [("Reason", "VLAN 120 is outside 200-299"), ("Rule", "no-test")], id="rejected-rule"),
-    pytest.param(vif_event("vif.rejected", by="default_action", reason="no rule matches account 111122223333"),
-                 "VIF rejected: prod-par-1", "warning", ["rejected by the default action: no rule matches"],
-                 [("Reason", "no rule matches account 111122223333")], id="rejected-default"),
-    pytest.param(vif_event("vif.approval_requested", reason="no rule matches account 111122223333", **deadline(True)),
-                 "Approval needed: VIF prod-par-1", "warning",
-                 ["waits for confirmation: no rule matches account 111122223333.", f"It {CERTAIN}."],
-                 [("Reason", "no rule matches account 111122223333"), ("Deadline", CERTAIN), ("Time left", "4d 4h")],
-                 id="approval-certain"),
-    pytest.param(vif_event("vif.approval_requested", reason="rule ask-prod asks", rule="ask-prod", **deadline(False)),
-                 "Approval needed: VIF prod-par-1", "warning", [f"It was {UNCERTAIN}."],
-                 [("Rule", "ask-prod"), ("Deadline", UNCERTAIN), ("Time left", "at most 4d 4h")],
-                 id="approval-uncertain"),
-    pytest.param(vif_event("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **deadline(True)),
-                 "VIF prod-par-1 expires in 4d 4h", "warning", [f"still waits for confirmation: it {CERTAIN}."],
-                 [("Deadline", CERTAIN), ("Time left", "4d 4h")], id="expiry-certain"),
-    pytest.param(vif_event("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **deadline(False)),
-                 "VIF prod-par-1 expires in at most 4d 4h", "warning", [f"it was {UNCERTAIN}."],
-                 [("Deadline", UNCERTAIN), ("Time left", "at most 4d 4h")], id="expiry-uncertain"),
-    pytest.param(vif_event("vif.expiry_warning", threshold_hours=4, hours_left=3.5,
-                           **deadline(True, NOW + timedelta(hours=3, minutes=30))),
-                 "VIF prod-par-1 expires in 3h 30m", "danger", ["expires at 2026-11-24 08:00 UTC (in 3h 30m)"],
-                 [("Time left", "3h 30m")], id="expiry-urgent"),
-    pytest.param(vif_event("vif.expired", how="state", **deadline(True, NOW - timedelta(minutes=5))),
-                 "VIF expired: prod-par-1", "danger", ["never confirmed and has expired", "create it again"],
-                 [("First seen", "2026-11-21 09:00 UTC"), ("Deadline", "2026-11-24 04:25 UTC")], id="expired-state"),
-    pytest.param(vif_event("vif.expired", how="disappeared", **deadline(False, NOW - timedelta(minutes=5))),
-                 "VIF expired: prod-par-1", "danger", ["is no longer listed: it expired"],
-                 [("Deadline", "2026-11-24 04:25 UTC (at the latest)")], id="expired-disappeared"),
-    pytest.param(vif_event("vif.disappeared", last_state="confirming"),
-                 "VIF gone: prod-par-1", "warning", ["no longer listed on target osc-par", "last state was confirming"],
-                 [], id="disappeared"),
-    pytest.param(vif_event("vif.stuck_pending", {"virtualInterfaceState": "pending"},
-                           confirmed_at=NOW - timedelta(minutes=45), pending_minutes=45),
-                 "VIF stuck in pending: prod-par-1", "warning", ["confirmed at 2026-11-24 03:45 UTC", "after 45m"],
-                 [("Pending for", "45m")], id="stuck_pending"),
+    pytest.param(
+        vif_event("vif.discovered", state="confirming"),
+        "New VIF prod-par-1",
+        "info",
+        ["appeared on target osc-par", "account 111122223333"],
+        [("State", "confirming")],
+        id="discovered",
+    ),
+    pytest.param(
+        changed("pending", "available"),
+        "VIF prod-par-1: pending → available",
+        "success",
+        ["went from pending to available"],
+        [("State", "available")],
+        id="state_changed-available",
+    ),
+    pytest.param(
+        changed("available", "down"),
+        "VIF prod-par-1: available → down",
+        "warning",
+        ["went from available to down"],
+        [],
+        id="state_changed-down",
+    ),
+    pytest.param(
+        changed("confirming", "pending"),
+        "VIF prod-par-1: confirming → pending",
+        "info",
+        [],
+        [],
+        id="state_changed-pending",
+    ),
+    pytest.param(
+        vif_event("vif.confirmed", by="rule", rule="partner-prod", gateway="vgw-12345678"),
+        "VIF confirmed: prod-par-1",
+        "success",
+        ["confirmed by rule partner-prod", "attached to vgw-12345678"],
+        [("Rule", "partner-prod"), ("Gateway", "vgw-12345678")],
+        id="confirmed-rule",
+    ),
+    pytest.param(
+        vif_event("vif.confirmed", by="approver", approver="alice@example.com", gateway="vgw-12345678"),
+        "VIF confirmed: prod-par-1",
+        "success",
+        ["confirmed by alice@example.com"],
+        [("Approver", "alice@example.com"), ("Gateway", "vgw-12345678")],
+        id="confirmed-approver",
+    ),
+    pytest.param(
+        vif_event("vif.rejected", by="rule", rule="no-test", reason="VLAN 120 is outside 200-299."),
+        "VIF rejected: prod-par-1",
+        "warning",
+        ["rejected by rule no-test: VLAN 120 is outside 200-299."],
+        [("Reason", "VLAN 120 is outside 200-299"), ("Rule", "no-test")],
+        id="rejected-rule",
+    ),
+    pytest.param(
+        vif_event("vif.rejected", by="default_action", reason="no rule matches account 111122223333"),
+        "VIF rejected: prod-par-1",
+        "warning",
+        ["rejected by the default action: no rule matches"],
+        [("Reason", "no rule matches account 111122223333")],
+        id="rejected-default",
+    ),
+    pytest.param(
+        vif_event("vif.approval_requested", reason="no rule matches account 111122223333", **deadline(True)),
+        "Approval needed: VIF prod-par-1",
+        "warning",
+        ["waits for confirmation: no rule matches account 111122223333.", f"It {CERTAIN}."],
+        [("Reason", "no rule matches account 111122223333"), ("Deadline", CERTAIN), ("Time left", "4d 4h")],
+        id="approval-certain",
+    ),
+    pytest.param(
+        vif_event("vif.approval_requested", reason="rule ask-prod asks", rule="ask-prod", **deadline(False)),
+        "Approval needed: VIF prod-par-1",
+        "warning",
+        [f"It was {UNCERTAIN}."],
+        [("Rule", "ask-prod"), ("Deadline", UNCERTAIN), ("Time left", "at most 4d 4h")],
+        id="approval-uncertain",
+    ),
+    pytest.param(
+        vif_event("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **deadline(True)),
+        "VIF prod-par-1 expires in 4d 4h",
+        "warning",
+        [f"still waits for confirmation: it {CERTAIN}."],
+        [("Deadline", CERTAIN), ("Time left", "4d 4h")],
+        id="expiry-certain",
+    ),
+    pytest.param(
+        vif_event("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **deadline(False)),
+        "VIF prod-par-1 expires in at most 4d 4h",
+        "warning",
+        [f"it was {UNCERTAIN}."],
+        [("Deadline", UNCERTAIN), ("Time left", "at most 4d 4h")],
+        id="expiry-uncertain",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.expiry_warning",
+            threshold_hours=4,
+            hours_left=3.5,
+            **deadline(True, NOW + timedelta(hours=3, minutes=30)),
+        ),
+        "VIF prod-par-1 expires in 3h 30m",
+        "danger",
+        ["expires at 2026-11-24 08:00 UTC (in 3h 30m)"],
+        [("Time left", "3h 30m")],
+        id="expiry-urgent",
+    ),
+    pytest.param(
+        vif_event("vif.expired", how="state", **deadline(True, NOW - timedelta(minutes=5))),
+        "VIF expired: prod-par-1",
+        "danger",
+        ["never confirmed and has expired", "create it again"],
+        [("First seen", "2026-11-21 09:00 UTC"), ("Deadline", "2026-11-24 04:25 UTC")],
+        id="expired-state",
+    ),
+    pytest.param(
+        vif_event("vif.expired", how="disappeared", **deadline(False, NOW - timedelta(minutes=5))),
+        "VIF expired: prod-par-1",
+        "danger",
+        ["is no longer listed: it expired"],
+        [("Deadline", "2026-11-24 04:25 UTC (at the latest)")],
+        id="expired-disappeared",
+    ),
+    pytest.param(
+        vif_event("vif.disappeared", last_state="confirming"),
+        "VIF gone: prod-par-1",
+        "warning",
+        ["no longer listed on target osc-par", "last state was confirming"],
+        [],
+        id="disappeared",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.stuck_pending",
+            {"virtualInterfaceState": "pending"},
+            confirmed_at=NOW - timedelta(minutes=45),
+            pending_minutes=45,
+        ),
+        "VIF stuck in pending: prod-par-1",
+        "warning",
+        ["confirmed at 2026-11-24 03:45 UTC", "after 45m"],
+        [("Pending for", "45m")],
+        id="stuck_pending",
+    ),
 ]
 
 TARGET_CASES = [
-    pytest.param(target_event("target.failed", code="ThrottlingException", message="Rate exceeded"),
-                 "Polling failed: osc-par", "danger",
-                 ["osc-par (eu-west-2) failed with ThrottlingException: Rate exceeded."],
-                 (("Target", "osc-par"), ("Region", "eu-west-2"), ("Code", "ThrottlingException"),
-                  ("Message", "Rate exceeded")), id="target-failed"),
-    pytest.param(target_event("target.recovered", failed_since=NOW - timedelta(hours=2, minutes=5)),
-                 "Polling recovered: osc-par", "success", ["works again after failing for 2h 5m"],
-                 (("Target", "osc-par"), ("Region", "eu-west-2"), ("Failing since", "2026-11-24 02:25 UTC"),
-                  ("Down for", "2h 5m")), id="target-recovered"),
+    pytest.param(
+        target_event("target.failed", code="ThrottlingException", message="Rate exceeded"),
+        "Polling failed: osc-par",
+        "danger",
+        ["osc-par (eu-west-2) failed with ThrottlingException: Rate exceeded."],
+        (("Target", "osc-par"), ("Region", "eu-west-2"), ("Code", "ThrottlingException"), ("Message", "Rate exceeded")),
+        id="target-failed",
+    ),
+    pytest.param(
+        target_event("target.recovered", failed_since=NOW - timedelta(hours=2, minutes=5)),
+        "Polling recovered: osc-par",
+        "success",
+        ["works again after failing for 2h 5m"],
+        (
+            ("Target", "osc-par"),
+            ("Region", "eu-west-2"),
+            ("Failing since", "2026-11-24 02:25 UTC"),
+            ("Down for", "2h 5m"),
+        ),
+        id="target-recovered",
+    ),
 ]
 
 
@@ -115,7 +223,7 @@ def test_vif_messages(event, title, severity, says, fields):
     for words in says:
         assert words in message.text
     assert 1 <= _sentences(message.text) <= 2, message.text
-    assert message.fields[:len(VIF_FIELDS)] == VIF_FIELDS
+    assert message.fields[: len(VIF_FIELDS)] == VIF_FIELDS
     for pair in fields:
         assert pair in message.fields
     assert all(isinstance(value, str) and value for _, value in message.fields)
@@ -136,16 +244,18 @@ def test_every_event_type_has_a_case():
 
 
 def test_time_left_is_counted_from_the_event_time_not_the_clock():
-    later = vif_event("vif.expiry_warning", time_=NOW + timedelta(days=2), threshold_hours=24, hours_left=52,
-                      **deadline(True))
+    later = vif_event(
+        "vif.expiry_warning", time_=NOW + timedelta(days=2), threshold_hours=24, hours_left=52, **deadline(True)
+    )
     message = render(later)
     assert message.title == "VIF prod-par-1 expires in 2d 4h"
     assert ("Deadline", "expires at 2026-11-28 09:00 UTC (in 2d 4h)") in message.fields
 
 
 def test_a_passed_deadline_says_so():
-    message = render(vif_event("vif.approval_requested", time_=DEADLINE + timedelta(hours=1), reason="ask",
-                               **deadline(True)))
+    message = render(
+        vif_event("vif.approval_requested", time_=DEADLINE + timedelta(hours=1), reason="ask", **deadline(True))
+    )
     assert ("Deadline", "expires at 2026-11-28 09:00 UTC (1h ago)") in message.fields
     assert ("Time left", "none, the deadline has passed") in message.fields
 
@@ -159,15 +269,18 @@ def test_a_vif_without_a_name_goes_by_its_id_and_asn_long_wins():
     assert "VIF" not in labels and labels["ASN"] == "4200000000"
 
 
-@pytest.mark.parametrize("delta, text", [
-    (timedelta(days=2, hours=4, minutes=59), "2d 4h"),
-    (timedelta(days=2, minutes=30), "2d"),
-    (timedelta(hours=5, minutes=30), "5h 30m"),
-    (timedelta(hours=5), "5h"),
-    (timedelta(minutes=45, seconds=59), "45m"),
-    (timedelta(seconds=20), "under 1m"),
-    (-timedelta(hours=3), "3h"),
-])
+@pytest.mark.parametrize(
+    "delta, text",
+    [
+        (timedelta(days=2, hours=4, minutes=59), "2d 4h"),
+        (timedelta(days=2, minutes=30), "2d"),
+        (timedelta(hours=5, minutes=30), "5h 30m"),
+        (timedelta(hours=5), "5h"),
+        (timedelta(minutes=45, seconds=59), "45m"),
+        (timedelta(seconds=20), "under 1m"),
+        (-timedelta(hours=3), "3h"),
+    ],
+)
 def test_span(delta, text):
     assert span(delta) == text
 
@@ -184,15 +297,25 @@ def test_events_carry_no_auth_key():
 
 # --- the markup of each chat kind ----------------------------------------------------------------
 
-ACTIONS = (Action("Approve", "primary", "https://gate.example/approvals/a?sig=1"),
-           Action("Reject", "danger", "https://gate.example/approvals/r?sig=2"),
-           Action("Details", "default", "https://gate.example/vifs/x"))
+ACTIONS = (
+    Action("Approve", "primary", "https://gate.example/approvals/a?sig=1"),
+    Action("Reject", "danger", "https://gate.example/approvals/r?sig=2"),
+    Action("Details", "default", "https://gate.example/vifs/x"),
+)
 
 
 def message(**overrides) -> Message:
-    return Message(**{"title": "Approval needed: VIF prod-par-1", "text": "VIF prod-par-1 waits.",
-                      "fields": (("VIF", "prod-par-1"), ("VLAN", "120")), "severity": "warning",
-                      "event_type": "vif.approval_requested", "subject": "dxvif-fgh12345", **overrides})
+    return Message(
+        **{
+            "title": "Approval needed: VIF prod-par-1",
+            "text": "VIF prod-par-1 waits.",
+            "fields": (("VIF", "prod-par-1"), ("VLAN", "120")),
+            "severity": "warning",
+            "event_type": "vif.approval_requested",
+            "subject": "dxvif-fgh12345",
+            **overrides,
+        }
+    )
 
 
 def test_slack_blocks():
@@ -210,8 +333,11 @@ def test_slack_buttons_open_the_action_urls():
     actions = slack.payload(message(actions=ACTIONS))["blocks"][-2]
     assert actions["type"] == "actions"
     buttons = [(b["text"]["text"], b.get("style"), b["url"]) for b in actions["elements"]]
-    assert buttons == [("Approve", "primary", ACTIONS[0].url), ("Reject", "danger", ACTIONS[1].url),
-                       ("Details", None, ACTIONS[2].url)]
+    assert buttons == [
+        ("Approve", "primary", ACTIONS[0].url),
+        ("Reject", "danger", ACTIONS[1].url),
+        ("Details", None, ACTIONS[2].url),
+    ]
     assert len({b["action_id"] for b in actions["elements"]}) == 3
 
 
@@ -236,16 +362,19 @@ def test_mattermost_attachment():
     (attachment,) = body["attachments"]
     assert attachment["color"] == mattermost.COLORS["warning"]
     assert attachment["title"] == "Approval needed: VIF prod-par-1"
-    assert attachment["fields"] == [{"title": "VIF", "value": "prod-par-1", "short": True},
-                                    {"title": "Deadline", "value": "x" * 60, "short": False}]
+    assert attachment["fields"] == [
+        {"title": "VIF", "value": "prod-par-1", "short": True},
+        {"title": "Deadline", "value": "x" * 60, "short": False},
+    ]
     assert attachment["footer"] == "vif.approval_requested · dxvif-fgh12345"
     assert "text" not in attachment
 
 
 def test_mattermost_actions_are_links_and_mentions_are_broken():
     body = mattermost.payload(message(actions=ACTIONS, text="VIF @channel waits, ask alice@example.com."))
-    assert body["attachments"][0]["text"] == (f"[Approve]({ACTIONS[0].url}) · [Reject]({ACTIONS[1].url}) · "
-                                              f"[Details]({ACTIONS[2].url})")
+    assert body["attachments"][0]["text"] == (
+        f"[Approve]({ACTIONS[0].url}) · [Reject]({ACTIONS[1].url}) · [Details]({ACTIONS[2].url})"
+    )
     assert body["text"] == "VIF @\u200bchannel waits, ask alice@example.com."
 
 
@@ -262,4 +391,5 @@ def test_teams_actions_open_urls():
     assert card["actions"] == [
         {"type": "Action.OpenUrl", "title": "Approve", "url": ACTIONS[0].url, "style": "positive"},
         {"type": "Action.OpenUrl", "title": "Reject", "url": ACTIONS[1].url, "style": "destructive"},
-        {"type": "Action.OpenUrl", "title": "Details", "url": ACTIONS[2].url, "style": "default"}]
+        {"type": "Action.OpenUrl", "title": "Details", "url": ACTIONS[2].url, "style": "default"},
+    ]
