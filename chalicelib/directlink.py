@@ -8,10 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 from pydantic import ValidationError
 
 from .config import Target
@@ -66,30 +68,61 @@ def _wrap(target: str, operation: str, exc: Exception) -> TargetError:
     return TargetError(target, operation, type(exc).__name__, str(exc), retryable=True)
 
 
+def _is_missing(error: TargetError) -> bool:
+    """The API's own word that a VIF is not there (AWS and OUTSCALE: a client error "... does not exist")."""
+    return error.code == "DirectConnectClientException" and "does not exist" in str(error)
+
+
 class DirectLinkApi:
-    """The four calls a cycle needs, with pagination and errors made readable."""
+    """The calls a cycle needs, with pagination and errors made readable.
+
+    Every answer is checked for the shape the API promises: a proxy answering 200 with an HTML page
+    or nothing gives botocore a dict without the expected key, and that must fail the call, never
+    read as "no VIFs" or as "confirmed".
+    """
 
     def __init__(self, target: Target, client):
         self.target = target
         self.client = client
 
-    def _call(self, operation: str, **params):
+    def _call(self, operation: str, **params) -> dict:
         try:
             return getattr(self.client, operation)(**params)
         except (ClientError, BotoCoreError) as exc:
             raise _wrap(self.target.name, operation, exc) from None
+        except (ResponseParserError, ValueError, TypeError, AttributeError) as exc:
+            # botocore's parser chokes on some bodies (not UTF-8, a list where a map belongs).
+            raise self._malformed(operation, f"the answer could not be parsed ({type(exc).__name__})") from None
+
+    def _malformed(self, operation: str, what: str) -> TargetError:
+        return TargetError(self.target.name, operation, "MalformedAnswer", what, retryable=True)
+
+    def _field(self, operation: str, answer: dict, key: str, kind: type) -> Any:
+        value = answer.get(key)
+        if not isinstance(value, kind):
+            got = "nothing" if value is None else type(value).__name__
+            raise self._malformed(operation, f"expected {key} ({kind.__name__}) in the answer, got {got}")
+        return value
+
+    def _page(self, **params: str) -> tuple[list, str | None]:
+        operation = "describe_virtual_interfaces"
+        page = self._call(operation, **params)
+        items = self._field(operation, page, "virtualInterfaces", list)
+        token = page.get("nextToken")
+        if token is not None and not isinstance(token, str):
+            raise self._malformed(operation, f"nextToken is a {type(token).__name__}, not a string")
+        return items, token or None
 
     def describe_virtual_interfaces(self) -> list[VirtualInterface]:
         """Every VIF the account sees. Follows nextToken (AWS); OUTSCALE never sends one."""
-        vifs: list[VirtualInterface] = []
+        items: list = []
         params: dict[str, str] = {}
         seen_tokens: set[str] = set()
         for _ in range(MAX_PAGES):
-            page = self._call("describe_virtual_interfaces", **params)
-            vifs.extend(self._parse(page.get("virtualInterfaces") or []))
-            token = page.get("nextToken")
+            page, token = self._page(**params)
+            items.extend(page)
             if not token:
-                return vifs
+                return self._parse(items)
             if token in seen_tokens:  # a server repeating itself must not loop us forever
                 raise TargetError(
                     self.target.name,
@@ -108,44 +141,67 @@ class DirectLinkApi:
             retryable=False,
         )
 
-    def _parse(self, items: list[dict]) -> list[VirtualInterface]:
-        """VIFs one by one: one the model cannot read is skipped and named, never echoed (authKey)."""
-        vifs = []
+    def _parse(self, items: list) -> list[VirtualInterface]:
+        """VIFs one by one: one the model cannot read (or store) is skipped and named, never echoed (authKey)."""
+        vifs: dict[str, VirtualInterface] = {}
         for item in items:
+            if not isinstance(item, dict):
+                self._skipped("?", [f"<{type(item).__name__}, not an object>"])
+                continue
             try:
-                vifs.append(VirtualInterface.model_validate(item))
+                vif = VirtualInterface.model_validate(item)
             except ValidationError as exc:
-                fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-                logger.error(
-                    "unreadable virtual interface skipped",
-                    extra={
-                        "target": self.target.name,
-                        "vif_id": str(item.get("virtualInterfaceId"))[:64],
-                        "fields": fields,
-                    },
-                )
-        return vifs
+                self._skipped(item.get("virtualInterfaceId"), sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+                continue
+            if vif.id in vifs:  # two answers for one VIF: trust neither more, keep the first
+                logger.error("virtual interface listed twice; the first is kept",
+                             extra={"target": self.target.name, "vif_id": vif.id})
+                continue
+            vifs[vif.id] = vif
+        return list(vifs.values())
+
+    def _skipped(self, vif_id: object, fields: list[str]) -> None:
+        shown = vif_id[:64] if isinstance(vif_id, str) else repr(vif_id)[:64]
+        logger.error(
+            "unreadable virtual interface skipped",
+            extra={"target": self.target.name, "vif_id": shown.encode("utf-8", "replace").decode(), "fields": fields},
+        )
 
     def describe_one(self, vif_id: str) -> VirtualInterface | None:
-        """One VIF as the API sees it now, or None when it cannot be read."""
+        """One VIF as the API sees it now; None only when the API says it is not there.
+
+        Raises TargetError when the answer cannot be trusted: a lost or broken answer is "unknown",
+        never "gone" (the caller keeps its claim and looks again next cycle).
+        """
         try:
-            found = self._parse(
-                self._call("describe_virtual_interfaces", virtualInterfaceId=vif_id).get("virtualInterfaces") or []
-            )
-        except TargetError:
-            return None
-        return next((v for v in found if v.id == vif_id), None)
+            items, _ = self._page(virtualInterfaceId=vif_id)
+        except TargetError as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        found = [v for v in self._parse(items) if v.id == vif_id]
+        if not found and items:  # listed, but unreadable: not the same as gone
+            raise self._malformed("describe_virtual_interfaces", f"{vif_id} was listed but could not be read")
+        return found[0] if found else None
 
     def describe_virtual_gateways(self) -> dict[str, VirtualGateway]:
-        return parse_gateways(self._call("describe_virtual_gateways").get("virtualGateways"))
+        operation = "describe_virtual_gateways"
+        items = self._field(operation, self._call(operation), "virtualGateways", list)
+        try:
+            return parse_gateways(items)
+        except (ValidationError, TypeError) as exc:
+            raise self._malformed(operation, f"a gateway could not be read ({type(exc).__name__})") from None
 
     def confirm(self, vif_id: str, gateway_id: str) -> str:
-        answer = self._call("confirm_private_virtual_interface", virtualInterfaceId=vif_id, virtualGatewayId=gateway_id)
-        return answer.get("virtualInterfaceState", "pending")
+        operation = "confirm_private_virtual_interface"
+        answer = self._call(operation, virtualInterfaceId=vif_id, virtualGatewayId=gateway_id)
+        # A 200 without the new state is not a confirmation: the caller looks at the VIF itself.
+        return self._field(operation, answer, "virtualInterfaceState", str)
 
     def reject(self, vif_id: str) -> str:
         """Deleting a `confirming` VIF as its owner rejects it."""
-        return self._call("delete_virtual_interface", virtualInterfaceId=vif_id).get("virtualInterfaceState", "")
+        operation = "delete_virtual_interface"
+        return self._field(operation, self._call(operation, virtualInterfaceId=vif_id), "virtualInterfaceState", str)
 
 
 @dataclass
