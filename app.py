@@ -17,15 +17,18 @@ POLL_MINUTES = int(os.environ.get("VIFGATE_POLL_MINUTES", "1"))
 EVENTS_QUEUE = os.environ.get("VIFGATE_EVENTS_QUEUE", "vifgate-dev-events.fifo")
 
 
-# What a cycle leaves for sending the outbox after its targets are polled (or given up on).
+# What a cycle leaves for sending the outbox after its targets are polled (or given up on):
+# 20 s of a normal timeout, a quarter of a short one.
 FLUSH_RESERVE_SECONDS = 20
 
 
 @app.schedule(Rate(POLL_MINUTES, unit=Rate.MINUTES), name="poll")
 def poll(event):
-    budget = event.context.get_remaining_time_in_millis() / 1000 - FLUSH_RESERVE_SECONDS
+    remaining = event.context.get_remaining_time_in_millis() / 1000
+    flush = min(FLUSH_RESERVE_SECONDS, remaining / 4)
     try:
-        return reconcile.run_cycle(runtime.get(), budget_seconds=max(budget, 1)).summary()
+        report = reconcile.run_cycle(runtime.get(), budget_seconds=remaining - flush - 1, flush_seconds=flush)
+        return report.summary()
     except ConfigError as exc:
         # Fail closed and loudly: nothing was confirmed, and the invocation counts as an error.
         logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})

@@ -151,7 +151,8 @@ class DirectLinkApi:
             try:
                 vif = VirtualInterface.model_validate(item)
             except ValidationError as exc:
-                self._skipped(item.get("virtualInterfaceId"), sorted({".".join(map(str, e["loc"])) for e in exc.errors()}))
+                fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
+                self._skipped(item.get("virtualInterfaceId"), fields)
                 continue
             if vif.id in vifs:  # two answers for one VIF: trust neither more, keep the first
                 logger.error("virtual interface listed twice; the first is kept",

@@ -84,6 +84,12 @@ class Disappeared(VifData):
     last_state: str
 
 
+class Reappeared(VifData):
+    state: str
+    last_state: str = Field(description="the state recorded before it went missing")
+    gone_at: datetime = Field(description="when vif.disappeared was sent")
+
+
 class StuckPending(VifData):
     confirmed_at: datetime
     pending_minutes: float
@@ -112,6 +118,7 @@ DATA_TYPES: dict[str, type[_Model]] = {
     "vif.expiry_warning": ExpiryWarning,
     "vif.expired": Expired,
     "vif.disappeared": Disappeared,
+    "vif.reappeared": Reappeared,
     "vif.stuck_pending": StuckPending,
     "target.failed": TargetFailed,
     "target.recovered": TargetRecovered,

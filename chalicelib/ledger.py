@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -66,17 +66,43 @@ class VifRecord:
     rule: str | None = None
     gateway: str | None = None
     confirmed_at: str | None = None
+    rejected_at: str | None = None
     gone_at: str | None = None
     approval_requested_at: str | None = None
     alerts_sent: list[str] = field(default_factory=list)
     stuck_reported_at: str | None = None
     snapshot: dict[str, Any] = field(default_factory=dict)
+    # Since when the VIF has been listed without a gap: a disappearance names the spell it ends.
+    seen_since: str | None = None
+    # Written only by claim()/release(), never by save(): a poller's copy must not overwrite another's.
+    claim: Claim | None = field(default=None, compare=False)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> VifRecord:
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"claim"}
         values = {k: _plain(_de.deserialize(v)) for k, v in item.items() if k in names}
-        return cls(**values)
+        return cls(**values, claim=Claim.from_item(item))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who took the right to act on a VIF, to do what, and until when (a dead poller's claim lapses)."""
+
+    by: str
+    until: str
+    verb: str | None = None  # confirm | reject (claims written before this field have none)
+    gateway: str | None = None
+    at: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Claim | None:
+        def text(name: str) -> str | None:
+            return item.get(name, {}).get("S")
+
+        by, until = text("claim_by"), text("claim_until")
+        if by is None or until is None:
+            return None
+        return cls(by, until, text("claim_verb"), text("claim_gateway"), text("claim_at"))
 
 
 @dataclass
@@ -97,7 +123,19 @@ class OutboxItem:
 
 
 class ClaimLost(Exception):
-    """Another poller claimed this VIF first (or it was confirmed already)."""
+    """Someone else holds the claim on this VIF, or it was confirmed already; the text says which."""
+
+    def __init__(self, vif_id: str, holder: Claim | None = None, confirmed_at: str | None = None):
+        self.vif_id, self.holder, self.confirmed_at = vif_id, holder, confirmed_at
+        if confirmed_at:
+            why = f"already confirmed at {confirmed_at}"
+        elif holder:
+            since = f" since {holder.at}" if holder.at else ""
+            why = (f"claimed by poller cycle {holder.by}{since} until {holder.until}; if that poller stopped, "
+                   "the first cycle after then takes over")
+        else:
+            why = "not in the ledger yet"
+        super().__init__(why)
 
 
 class Ledger:
@@ -144,8 +182,9 @@ class Ledger:
         An update, not a put: a poller holding an older copy must not erase another poller's
         claim or its confirmed_at. None is written as NULL except confirmed_at, which is set once.
         """
-        names = [f.name for f in fields(record) if f.name not in ("target", "vif_id")]
-        names = [n for n in names if not (n == "confirmed_at" and record.confirmed_at is None)]
+        names = [f.name for f in fields(record) if f.name not in ("target", "vif_id", "claim")]
+        # Set once, never unset: an older copy must not erase that the VIF was confirmed or rejected.
+        names = [n for n in names if not (n in ("confirmed_at", "rejected_at") and getattr(record, n) is None)]
         update = {
             "TableName": self.table,
             "Key": {"target": {"S": record.target}, "vif_id": {"S": record.vif_id}},
@@ -174,28 +213,56 @@ class Ledger:
                     raise
                 time.sleep(0.05 * 2**attempt)
 
-    def mark_polled(self, target: str, at: datetime, events: Iterable = ()) -> None:
-        """The target answered: remember when, and end any failing spell (with its events)."""
-        self._write(
-            {
-                "TableName": self.table,
-                "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
-                "UpdateExpression": "SET last_polled_at = :at REMOVE failing_since",
-                "ExpressionAttributeValues": {":at": {"S": iso(at)}},
-            },
-            events,
-        )
+    def mark_polled(
+        self, target: str, at: datetime, known_failing_since: str | None, recovered: Callable[[str], Any]
+    ) -> list:
+        """The target answered: remember when, and end its failing spell with `recovered(since)`.
 
-    def mark_failing(self, target: str, since: datetime, events: Iterable = ()) -> None:
-        self._write(
-            {
+        The write is conditional on the spell this poller saw; when another poller changed it in
+        between, the old value comes back with the refusal (ReturnValuesOnConditionCheckFailure)
+        and the write is made again from it, so a spell never ends without its target.recovered.
+        """
+        expected = known_failing_since
+        for _ in range(5):
+            produced = [recovered(expected)] if expected else []
+            values = {":at": {"S": iso(at)}}
+            if expected:
+                values[":since"] = {"S": expected}
+            update = {
                 "TableName": self.table,
-                "Key": {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
-                "UpdateExpression": "SET failing_since = if_not_exists(failing_since, :since)",
-                "ExpressionAttributeValues": {":since": {"S": iso(since)}},
-            },
-            events,
-        )
+                "Key": _target_key(target),
+                "UpdateExpression": "SET last_polled_at = :at REMOVE failing_since",
+                "ConditionExpression": "failing_since = :since" if expected else "attribute_not_exists(failing_since)",
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            try:
+                self._write(update, produced)
+                return produced
+            except ClientError as exc:
+                old = _refused_item(exc)
+                if old is None:
+                    raise
+                expected = old.get("failing_since", {}).get("S")
+        raise RuntimeError(f"target {target}: its failing spell kept changing while this poller wrote")
+
+    def mark_failing(self, target: str, since: datetime, failed: Callable[[], Any]) -> list:
+        """Start a failing spell with `failed()` as its event; nothing when one is already running."""
+        update = {
+            "TableName": self.table,
+            "Key": _target_key(target),
+            "UpdateExpression": "SET failing_since = :since",
+            "ConditionExpression": "attribute_not_exists(failing_since)",
+            "ExpressionAttributeValues": {":since": {"S": iso(since)}},
+        }
+        produced = [failed()]
+        try:
+            self._write(update, produced)
+        except ClientError as exc:
+            if _refused_item(exc) is None:
+                raise
+            return []  # already failing: said once per spell
+        return produced
 
     def pending_events(self, limit: int = 1000) -> list[OutboxItem]:
         """Events not yet accepted by SQS, oldest first."""
@@ -248,31 +315,45 @@ class Ledger:
             },
         )
 
-    def claim(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
-        """Claim the right to confirm (or reject) a VIF; raises ClaimLost if someone holds it.
+    def claim(
+        self, target: str, vif_id: str, claimant: str, now: datetime, *, verb: str = "confirm",
+        gateway: str | None = None,
+    ) -> None:
+        """Claim the right to confirm (or reject) a VIF; raises ClaimLost naming who holds it.
 
-        The claim is written before the API call, so two pollers at once act once. A claim
-        left by a poller that died expires after CLAIM_TTL so the VIF is not stuck.
+        The claim is written before the API call, so two pollers at once act once. A claim left
+        by a poller that died lapses after CLAIM_TTL so the VIF is not stuck; its verb and gateway
+        let a later cycle recognise a confirm that worked but was never recorded.
         """
+        values = {
+            ":me": {"S": claimant},
+            ":until": {"S": iso(now + CLAIM_TTL)},
+            ":now": {"S": iso(now)},
+            ":verb": {"S": verb},
+        }
+        update = "SET claim_by = :me, claim_until = :until, claim_at = :now, claim_verb = :verb"
+        if gateway:
+            update += ", claim_gateway = :gateway"
+            values[":gateway"] = {"S": gateway}
+        else:
+            update += " REMOVE claim_gateway"
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
-                UpdateExpression="SET claim_by = :me, claim_until = :until",
+                UpdateExpression=update,
                 ConditionExpression=(
                     "attribute_exists(vif_id) AND attribute_not_exists(confirmed_at) "
                     "AND (attribute_not_exists(claim_until) OR claim_until < :now)"
                 ),
-                ExpressionAttributeValues={
-                    ":me": {"S": claimant},
-                    ":until": {"S": iso(now + CLAIM_TTL)},
-                    ":now": {"S": iso(now)},
-                },
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ClaimLost(vif_id) from None
-            raise
+            old = _refused_item(exc)
+            if old is None:
+                raise
+            raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
 
     def release(self, target: str, vif_id: str, claimant: str) -> None:
         """Give a claim back after a definite failure, so the next cycle may try again."""
@@ -280,13 +361,28 @@ class Ledger:
             self.client.update_item(
                 TableName=self.table,
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
-                UpdateExpression="REMOVE claim_by, claim_until",
+                UpdateExpression="REMOVE claim_by, claim_until, claim_at, claim_verb, claim_gateway",
                 ConditionExpression="claim_by = :me",
                 ExpressionAttributeValues={":me": {"S": claimant}},
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+
+def _target_key(target: str) -> dict[str, Any]:
+    return {"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}}
+
+
+def _refused_item(exc: ClientError) -> dict[str, Any] | None:
+    """The item as it was when a condition refused a write (update_item or a transaction), else None."""
+    if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+        return exc.response.get("Item", {})
+    if exc.response["Error"]["Code"] == "TransactionCanceledException":
+        for reason in exc.response.get("CancellationReasons") or []:
+            if reason.get("Code") == "ConditionalCheckFailed":
+                return reason.get("Item", {})
+    return None
 
 
 def _outbox_item(event) -> dict[str, Any]:

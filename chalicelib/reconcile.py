@@ -6,27 +6,69 @@ leave for SQS at the end of the cycle, and whatever SQS refuses leaves with the 
 
 from __future__ import annotations
 
+import time
 import traceback
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import Enum
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import events, publish, transitions
 from .config import Policy, Target
 from .directlink import DirectLinkApi, TargetError
-from .ledger import ClaimLost, TargetRecords, iso
+from .ledger import ClaimLost, TargetRecords, VifRecord, iso
 from .log import logger
 from .models import CONFIRMING, VirtualInterface
 from .policy import Ask, Confirm, Decision, Reject, decide, matching_rule
 from .runtime import Runtime
 
 # What happened to a VIF in this cycle, as `vifgate poll --json` reports it.
-ACTIONS = ("confirmed", "would_confirm", "ask", "rejected", "would_reject", "ignored", "none", "failed")
+ACTIONS = ("confirmed", "would_confirm", "ask", "rejected", "would_reject", "ignored", "none", "failed", "unknown")
 _DECIDED = {"ask": "ask", "ignore": "ignored", "none": "none"}
+
+
+class Mode(Enum):
+    """What a cycle may change: `check` nothing at all, `dry_run` only the ledger, `live` the VIFs too."""
+
+    CHECK = "check"
+    DRY_RUN = "dry_run"
+    LIVE = "live"
+
+    @property
+    def records(self) -> bool:
+        return self is not Mode.CHECK
+
+    @property
+    def acts(self) -> bool:
+        return self is Mode.LIVE
+
+
+class OutOfTime(Exception):
+    """The cycle's budget for this target is spent: the thread does nothing more."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A point on the monotonic clock; `None` budget means no deadline (tests, one-off runs)."""
+
+    at: float | None
+
+    @classmethod
+    def after(cls, seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else time.monotonic() + seconds)
+
+    def left(self) -> float | None:
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def check(self, target: str, before: str) -> None:
+        if self.at is not None and time.monotonic() >= self.at:
+            raise OutOfTime(f"{target}: out of time before {before}")
 
 
 @dataclass
@@ -90,77 +132,107 @@ class CycleReport:
         }
 
 
+@dataclass(eq=False)
+class TargetRun:
+    """One target's share of a cycle: what it may do, by when, and the clients it does it with."""
+
+    runtime: Runtime
+    policy: Policy
+    target: Target
+    cycle_id: str
+    mode: Mode
+    deadline: Deadline
+    api: DirectLinkApi | None = None
+
+    @property
+    def publishing(self) -> bool:
+        """Events are built only where they are kept: a ledger to write and a queue to send to."""
+        return self.mode.records and self.runtime.publishing
+
+    def now(self) -> datetime:
+        """Read at each step, never once per target: a claim made late in a long loop must not be born old."""
+        return self.runtime.clock()
+
+    def in_time(self, before: str) -> None:
+        self.deadline.check(self.target.name, before)
+
+    def save(self, entry: VifRecord, sighting: transitions.Sighting | None = None) -> None:
+        """Write a record and its events, unless the budget is spent (then the next cycle redoes it)."""
+        self.in_time(f"writing {entry.vif_id}")
+        self.runtime.ledger.save(entry, sighting.events if sighting else ())
+        if sighting:
+            sighting.written()
+
+
 def run_cycle(
-    runtime: Runtime, *, dry_run: bool | None = None, record: bool = True, budget_seconds: float | None = None
+    runtime: Runtime,
+    *,
+    dry_run: bool | None = None,
+    record: bool = True,
+    budget_seconds: float | None = None,
+    flush_seconds: float | None = None,
+    targets: list[str] | None = None,
 ) -> CycleReport:
     """Poll every target concurrently; one target's failure is reported, never spread.
 
     `record=False` (vifgate check) neither writes the ledger nor calls the API's write calls.
     `budget_seconds`: targets still busy after it are reported as failed, so that the events of
-    the others are still sent before the Lambda's time runs out.
+    the others are still sent before the Lambda's time runs out; their threads check the same
+    deadline before every claim, API write and ledger write, and do nothing more once it passed.
+    `flush_seconds`: how long sending the outbox may take after that.
     Raises ConfigError before anything happens when the policy is invalid.
     """
     policy = runtime.policy
     dry_run = runtime.settings.dry_run if dry_run is None else dry_run
+    mode = Mode.CHECK if not record else Mode.DRY_RUN if dry_run else Mode.LIVE
     report = CycleReport(cycle_id=uuid.uuid4().hex[:12], started_at=runtime.clock(), dry_run=dry_run)
-    workers = max(1, min(len(policy.targets), runtime.settings.max_workers))
-    runtime.warm(ledger=record)
+    chosen = [t for t in policy.targets if targets is None or t.name in targets]
+    workers = max(1, min(len(chosen), runtime.settings.max_workers))
+    runtime.warm(ledger=mode.records)
+    deadline = Deadline.after(budget_seconds)
+    runs = [TargetRun(runtime, policy, t, report.cycle_id, mode, deadline) for t in chosen]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
-    futures = {
-        t: pool.submit(_poll_target, runtime, policy, t, report.cycle_id, dry_run or not record, record)
-        for t in policy.targets
-    }
+    futures = {run: pool.submit(_poll_target, run) for run in runs}
     wait(futures.values(), timeout=budget_seconds)
     pool.shutdown(wait=False, cancel_futures=True)  # a hung target must not hold the others' events back
-    for target, future in futures.items():
-        if not future.done():
-            failure = TargetFailure(
-                target.name,
-                "Timeout",
-                f"{target.name} did not finish within {budget_seconds:.0f}s; reported failed for this cycle",
-            )
-            _failed(runtime, report, target, failure, record)
+    for run, future in futures.items():
+        name = run.target.name
+        if not future.done() or future.cancelled():  # still running, or never started (workers all busy)
+            message = f"{name} did not finish within {budget_seconds:.0f}s; reported failed for this cycle"
+            _failed(run, report, TargetFailure(name, "Timeout", message))
             continue
         try:
             outcomes, produced = future.result()
             report.outcomes.extend(outcomes)
             report.events.extend(produced)
-            report.targets_ok.append(target.name)
+            report.targets_ok.append(name)
+        except OutOfTime:
+            message = f"{name} ran out of its {budget_seconds:.0f}s budget; the rest waits for the next cycle"
+            _failed(run, report, TargetFailure(name, "Timeout", message))
         except TargetError as exc:
-            _failed(runtime, report, target, TargetFailure(target.name, exc.code, str(exc)), record)
+            _failed(run, report, TargetFailure(name, exc.code, str(exc)))
         except (ClientError, BotoCoreError) as exc:  # the ledger itself failed for this target
-            _failed(runtime, report, target, _ledger_failure(target.name, runtime.settings.table_name, exc), record)
+            _failed(run, report, _ledger_failure(name, runtime.settings.table_name, exc))
         except Exception as exc:  # a bug must not cost the other targets their cycle
             # Only the type and the frames: an exception's text may quote the data it choked on.
+            frames = [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)]
             logger.error(
                 "unexpected error polling a target",
-                extra={
-                    "target": target.name,
-                    "error_type": type(exc).__name__,
-                    "frames": [f"{f.filename}:{f.lineno} in {f.name}" for f in traceback.extract_tb(exc.__traceback__)],
-                },
+                extra={"target": name, "error_type": type(exc).__name__, "frames": frames},
             )
-            _failed(
-                runtime,
-                report,
-                target,
-                TargetFailure(
-                    target.name,
-                    type(exc).__name__,
-                    f"unexpected {type(exc).__name__} polling {target.name} (see the log)",
-                ),
-                record,
-            )
-    if record and runtime.publishing:
-        report.delivery = _flush(runtime)
+            message = f"unexpected {type(exc).__name__} polling {name} (see the log)"
+            _failed(run, report, TargetFailure(name, type(exc).__name__, message))
+    if mode.records and runtime.publishing:
+        report.delivery = _flush(runtime, Deadline.after(flush_seconds))
     logger.info("cycle done", extra=report.summary())
     return report
 
 
-def _flush(runtime: Runtime) -> publish.FlushReport | None:
+def _flush(runtime: Runtime, deadline: Deadline) -> publish.FlushReport | None:
     """Send the outbox; whatever fails here stays in it for the next cycle."""
     try:
-        return publish.flush(runtime.ledger, runtime.sqs, runtime.queue_url(runtime.settings.events_queue))
+        queue = runtime.queue_url(runtime.settings.events_queue or "")
+        return publish.flush(runtime.ledger, runtime.sqs, queue)  # FLUSH-DEADLINE: wire once publish takes it
     except (ClientError, BotoCoreError) as exc:
         logger.error(
             "events not sent this cycle; they stay in the outbox",
@@ -169,28 +241,29 @@ def _flush(runtime: Runtime) -> publish.FlushReport | None:
         return None
 
 
-def _failed(runtime: Runtime, report: CycleReport, target: Target, failure: TargetFailure, record: bool) -> None:
+def _failed(run: TargetRun, report: CycleReport, failure: TargetFailure) -> None:
     report.failures.append(failure)
     logger.error(
         "target failed", extra={"target": failure.target, "error_code": failure.code, "error": failure.message}
     )
-    if not (record and runtime.publishing):
+    if not run.publishing:
         return
-    try:
-        if runtime.ledger.failing_since(target.name) is None:  # say it once per failing spell
-            now = runtime.clock()
-            event = events.build(
-                "target.failed",
-                target=target.name,
-                subject=target.name,
-                time=now,
-                facts=(iso(now),),
-                region=target.region,
-                code=failure.code,
-                message=failure.message,
-            )
-            runtime.ledger.mark_failing(target.name, now, [event])
-            report.events.append(event)
+    target, now = run.target, run.now()
+
+    def failed() -> Any:
+        return events.build(
+            "target.failed",
+            target=target.name,
+            subject=target.name,
+            time=now,
+            facts=(iso(now),),
+            region=target.region,
+            code=failure.code,
+            message=failure.message,
+        )
+
+    try:  # said once per failing spell: the write is conditional on no spell running
+        report.events.extend(run.runtime.ledger.mark_failing(target.name, now, failed))
     except (ClientError, BotoCoreError) as exc:
         logger.error("could not record the target failure", extra={"target": target.name, "error": str(exc)})
 
@@ -206,13 +279,13 @@ def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
     return TargetFailure(target, code, message)
 
 
-def _poll_target(
-    runtime: Runtime, policy: Policy, target: Target, cycle_id: str, dry_run: bool, record: bool
-) -> tuple[list[Outcome], list]:
-    api = runtime.directlink.get(target)
+def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
+    runtime, policy, target = run.runtime, run.policy, run.target
+    api = run.api = runtime.directlink.get(target)
     vifs = api.describe_virtual_interfaces()
-    now = runtime.clock()
-    known = runtime.ledger.load(target.name) if record else TargetRecords(target.name, {}, None)
+    run.in_time("reading the ledger")
+    now = run.now()
+    known = runtime.ledger.load(target.name) if run.mode.records else TargetRecords(target.name, {}, None)
 
     # DescribeVirtualGateways only when some VIF may be confirmed: most cycles have none.
     wants_gateway = any(
@@ -220,20 +293,24 @@ def _poll_target(
     )
     gateways = _gateways(api) if wants_gateway else {}
 
-    publishing = record and runtime.publishing  # `vifgate check` builds no events it would not keep
     outcomes, produced = [], []
     for vif in vifs:
+        now = run.now()
         decision = decide(vif, gateways, policy, target)
         sighting = transitions.observe(
-            known.vifs.get(vif.id), target.name, vif, now, known.last_polled_at, target.region, publishing
+            known.vifs.get(vif.id), target.name, vif, now, known.last_polled_at, target.region, run.publishing
         )
         entry = sighting.entry
-        entry.decision_reason = decision.reason
-        entry.rule = getattr(decision, "rule", None)
-        entry.gateway = getattr(decision, "gateway", None)
+        settled = transitions.settle_claim(sighting, vif, now)
+        if settled is None:
+            entry.decision_reason = decision.reason
+            entry.rule = getattr(decision, "rule", None)
+            entry.gateway = getattr(decision, "gateway", None)
         action, reason = _DECIDED.get(decision.action, decision.action), decision.reason
-        if isinstance(decision, Confirm | Reject):
-            action, reason = _act(runtime, api, sighting, vif, decision, cycle_id, dry_run, record, now)
+        if settled:
+            action, reason = settled, f"{settled} by an earlier cycle that could not record it; recorded now"
+        elif isinstance(decision, Confirm | Reject):
+            action, reason = _act(run, sighting, vif, decision)
         elif isinstance(decision, Ask) and not entry.approval_requested_at:
             entry.approval_requested_at = iso(now)
             sighting.emit(
@@ -247,9 +324,10 @@ def _poll_target(
         if action not in ("confirmed", "rejected"):  # no "expires soon" for a VIF just settled
             transitions.expiry_warning(sighting, vif, now, policy)
         transitions.stuck_pending(sighting, vif, now, policy)
-        entry.last_decision = action
-        if record and sighting.changed:
-            runtime.ledger.save(entry, sighting.events)
+        if action != "unknown":  # an unknown outcome keeps what the ledger said
+            entry.last_decision = action
+        if run.mode.records and sighting.changed:
+            run.save(entry, sighting)
         produced += sighting.emitted
         outcomes.append(_outcome(target.name, vif, entry, decision, action, reason))
         logger.info(
@@ -264,29 +342,34 @@ def _poll_target(
             },
         )
 
-    if record:
+    if run.mode.records:
         listed = {v.id for v in vifs}
         for gone in known.vifs.values():
             if gone.vif_id not in listed and gone.gone_at is None:
-                sighting = transitions.disappeared(gone, now, target.region, publishing)
-                runtime.ledger.save(sighting.entry, sighting.events)
+                sighting = transitions.disappeared(gone, run.now(), target.region, run.publishing)
+                run.save(sighting.entry, sighting)
                 produced += sighting.emitted
-        recovered = []
-        if known.failing_since is not None and publishing:
-            recovered = [
-                events.build(
-                    "target.recovered",
-                    target=target.name,
-                    subject=target.name,
-                    time=now,
-                    facts=(iso(known.failing_since),),
-                    region=target.region,
-                    failed_since=known.failing_since,
-                )
-            ]
-        runtime.ledger.mark_polled(target.name, now, recovered)
-        produced += recovered
+        run.in_time("marking the target polled")
+        since = iso(known.failing_since) if known.failing_since else None
+        produced += runtime.ledger.mark_polled(target.name, run.now(), since, _recovered(run))
     return outcomes, produced
+
+
+def _recovered(run: TargetRun) -> Callable[[str], Any]:
+    target = run.target
+
+    def build(failed_since: str) -> Any:
+        return events.build(
+            "target.recovered",
+            target=target.name,
+            subject=target.name,
+            time=run.now(),
+            facts=(failed_since,),
+            region=target.region,
+            failed_since=failed_since,
+        )
+
+    return build
 
 
 def _gateways(api: DirectLinkApi) -> dict | None:
@@ -299,76 +382,104 @@ def _gateways(api: DirectLinkApi) -> dict | None:
 
 
 def _act(
-    runtime: Runtime,
-    api: DirectLinkApi,
-    sighting: transitions.Sighting,
-    vif: VirtualInterface,
-    decision: Confirm | Reject,
-    cycle_id: str,
-    dry_run: bool,
-    record: bool,
-    now: datetime,
+    run: TargetRun, sighting: transitions.Sighting, vif: VirtualInterface, decision: Confirm | Reject
 ) -> tuple[str, str]:
-    """Confirm or reject once: claim in the ledger first, then call the API."""
-    entry = sighting.entry
+    """Confirm or reject once: claim in the ledger first, then call the API, then record at once."""
+    entry, api, ledger = sighting.entry, run.api, run.runtime.ledger
+    assert api is not None
     verb = "confirm" if isinstance(decision, Confirm) else "reject"
-    if dry_run:
+    gateway = decision.gateway if isinstance(decision, Confirm) else None
+    if not run.mode.acts:
         return f"would_{verb}", decision.reason
-    if record:
-        runtime.ledger.save(entry, sighting.events)  # the claim needs the item to exist
-        sighting.written()
-        try:
-            runtime.ledger.claim(entry.target, entry.vif_id, cycle_id, now)
-        except ClaimLost:
-            return "none", f"another poller is acting on it or has already ({decision.reason})"
+    run.save(entry, sighting)  # the claim needs the item to exist
+    run.in_time(f"claiming {entry.vif_id}")
     try:
-        if verb == "confirm":
-            api.confirm(entry.vif_id, decision.gateway)
-        else:
-            api.reject(entry.vif_id)
+        ledger.claim(entry.target, entry.vif_id, run.cycle_id, run.now(), verb=verb, gateway=gateway)
+    except ClaimLost as lost:
+        return "none", f"not acted on: {lost} ({decision.reason})"
+
+    if isinstance(decision, Reject):
+        # A person may have confirmed it since the listing: delete only what still waits.
+        run.in_time(f"re-reading {entry.vif_id}")
+        try:
+            current = api.describe_one(entry.vif_id)
+        except TargetError as exc:
+            ledger.release(entry.target, entry.vif_id, run.cycle_id)
+            return "unknown", f"not rejected: could not re-read it first ({exc.code}); the next cycle looks again"
+        if current is None or current.state != CONFIRMING:
+            ledger.release(entry.target, entry.vif_id, run.cycle_id)
+            now_state = "gone" if current is None else current.state
+            return "none", f"not rejected: it is no longer confirming (now {now_state})"
+
+    run.in_time(f"{verb}ing {entry.vif_id}")
+    try:
+        state = (
+            api.confirm(entry.vif_id, decision.gateway) if isinstance(decision, Confirm) else api.reject(entry.vif_id)
+        )
     except TargetError as exc:
-        if not _took_effect(api, entry.vif_id, decision):
-            if record and not exc.retryable:  # a definite no: let the next cycle try again
-                runtime.ledger.release(entry.target, entry.vif_id, cycle_id)
+        try:
+            state = _took_effect(api, entry.vif_id, decision)
+        except TargetError as check:
+            # The answer is lost and the VIF cannot be read: keep the claim; the next cycle sees
+            # whether the VIF moved (settle_claim records it) or still waits (claimed again later).
+            logger.warning(
+                f"{verb} outcome unknown",
+                extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc), "check_error": str(check)},
+            )
+            return "unknown", (
+                f"{verb} answer lost ({exc.code}) and the VIF could not be read back ({check.code}); "
+                "the claim is kept and the next cycle looks again"
+            )
+        if state is None:
+            if not exc.retryable:  # a definite no: let the next cycle try again
+                ledger.release(entry.target, entry.vif_id, run.cycle_id)
             logger.warning(f"{verb} failed", extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)})
             return "failed", str(exc)
         # botocore retried a call whose first answer was lost, and the retry was refused because
         # the first one had worked: the VIF says what happened.
         logger.info(f"{verb} took effect despite an error answer", extra={"vif_id": entry.vif_id, "error": str(exc)})
+
+    now = run.now()
     if isinstance(decision, Confirm):
         entry.confirmed_at = iso(now)
-        sighting.emit("vif.confirmed", now, vif, by="rule", rule=decision.rule, gateway=decision.gateway)
+        # The message shows the VIF as the confirm left it (pending, on its gateway), not as it was listed.
+        after = vif.model_copy(update={"virtual_interface_state": state, "virtual_gateway_id": decision.gateway})
+        sighting.emit("vif.confirmed", now, after, by="rule", rule=decision.rule, gateway=decision.gateway)
         action, reason = "confirmed", f"{decision.reason}; attached to {decision.gateway}"
     else:
+        entry.rejected_at = iso(now)
+        after = vif.model_copy(update={"virtual_interface_state": state})
         sighting.emit(
             "vif.rejected",
             now,
-            vif,
+            after,
             by="rule" if decision.rule else "default_action",
             rule=decision.rule,
             reason=decision.reason,
         )
         action, reason = "rejected", decision.reason
-    if record:  # at once: what was done must be on record even if the rest of the cycle fails
-        entry.last_decision = action
-        try:
-            runtime.ledger.save(entry, sighting.events)
-            sighting.written()
-        except (ClientError, BotoCoreError) as exc:
-            logger.error(
-                f"{verb} done but not recorded; the next cycle sees the new state",
-                extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)},
-            )
+    entry.last_decision = action
+    try:  # at once: what was done must be on record even if the rest of the cycle fails
+        run.save(entry, sighting)
+    except (ClientError, BotoCoreError, OutOfTime) as exc:
+        # The claim stays: the next cycle finds the VIF moved and records it (settle_claim).
+        logger.error(
+            f"{verb} done but not recorded; the next cycle records it",
+            extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)},
+        )
     return action, reason
 
 
-def _took_effect(api: DirectLinkApi, vif_id: str, decision: Confirm | Reject) -> bool:
+def _took_effect(api: DirectLinkApi, vif_id: str, decision: Confirm | Reject) -> str | None:
+    """The VIF's state if the action happened, None if it did not; TargetError if the VIF cannot be read."""
     now = api.describe_one(vif_id)
     if now is None:
-        return isinstance(decision, Reject)  # a rejected VIF may already be gone
+        return "deleted" if isinstance(decision, Reject) else None  # a rejected VIF may already be gone
     if isinstance(decision, Confirm):
-        return now.state in ("pending", "available") and now.virtual_gateway_id == decision.gateway
-    return now.state in ("rejected", "deleting", "deleted")
+        done = now.state in ("pending", "available") and now.virtual_gateway_id == decision.gateway
+    else:
+        done = now.state in ("rejected", "deleting", "deleted")
+    return now.state if done else None
 
 
 def _outcome(target: str, vif: VirtualInterface, entry, decision: Decision, action: str, reason: str) -> Outcome:

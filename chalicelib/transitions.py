@@ -79,11 +79,25 @@ def observe(
     else:
         entry = _copy(before)
     entry.gone_at = None
+    if before is None or before.gone_at is not None:
+        entry.seen_since = iso(now)  # a new sighting spell: a later disappearance names this one
     entry.snapshot = vif.snapshot()
     sighting = Sighting(before, entry, region, publishing)
 
     if before is None:
         sighting.emit("vif.discovered", now, vif, state=vif.state)
+    elif before.gone_at is not None:
+        # Listed again after a gap (a page that lied, an API outage, a restore): say so, or people
+        # who were told it was gone never learn it is back.
+        sighting.emit(
+            "vif.reappeared",
+            now,
+            vif,
+            facts=(before.gone_at,),
+            state=vif.state,
+            last_state=before.state,
+            gone_at=before.gone_at,
+        )
     elif before.state != vif.state:
         entry.state, entry.state_since = vif.state, iso(now)
         # The id comes from the previous state's start, not from `now`: two pollers seeing the same
@@ -107,11 +121,14 @@ def disappeared(before: VifRecord, now: datetime, region: str | None, publishing
     """
     entry = replace(_copy(before), gone_at=iso(now))
     sighting = Sighting(before, entry, region, publishing)
-    sighting.emit("vif.disappeared", now, None, last_state=before.state)
+    # The id names the sighting spell this ends: a VIF that comes back and goes again is a new event,
+    # not a copy FIFO deduplication would drop. Records from before spells were kept start at first_seen_at.
+    spell = (before.seen_since or before.first_seen_at,)
+    sighting.emit("vif.disappeared", now, None, facts=spell, last_state=before.state)
     deadline = parse_iso(before.deadline)
     near_deadline = deadline is None or not before.deadline_certain or now >= deadline - EXPIRY_MARGIN
     if before.state == CONFIRMING and near_deadline:
-        sighting.emit("vif.expired", now, None, how="disappeared", **sighting.deadline_fields())
+        sighting.emit("vif.expired", now, None, facts=spell, how="disappeared", **sighting.deadline_fields())
     return sighting
 
 
@@ -158,3 +175,41 @@ def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, poli
             confirmed_at=since,
             pending_minutes=round((now - since).total_seconds() / 60, 1),
         )
+
+
+# What a claimed VIF looks like once the claimed action took effect.
+_CONFIRMED_STATES = ("pending", "available")
+_REJECTED_STATES = ("rejected", "deleting", "deleted")
+
+
+def settle_claim(sighting: Sighting, vif: VirtualInterface, now: datetime) -> str | None:
+    """A claimed confirm (or reject) that worked but was never recorded: record it now, with its event.
+
+    The poller that made the call died, or lost the answer and could not read the VIF back. The
+    claim says what it meant to do; the VIF says whether it happened. Returns the action recorded.
+    """
+    entry, claim = sighting.entry, sighting.entry.claim
+    if claim is None or entry.confirmed_at or entry.rejected_at:
+        return None
+    if (
+        claim.verb in ("confirm", None)
+        and vif.state in _CONFIRMED_STATES
+        and claim.gateway is not None
+        and vif.virtual_gateway_id == claim.gateway
+    ):
+        entry.confirmed_at = iso(now)
+        entry.gateway = claim.gateway
+        sighting.emit("vif.confirmed", now, vif, by="rule", rule=entry.rule, gateway=claim.gateway)
+        return "confirmed"
+    if claim.verb == "reject" and vif.state in _REJECTED_STATES:
+        entry.rejected_at = iso(now)
+        sighting.emit(
+            "vif.rejected",
+            now,
+            vif,
+            by="rule" if entry.rule else "default_action",
+            rule=entry.rule,
+            reason=entry.decision_reason or "rejected by the gatekeeper",
+        )
+        return "rejected"
+    return None

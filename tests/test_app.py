@@ -6,6 +6,8 @@ import json
 import threading
 
 import boto3
+import chalice.local
+import chalice.test
 import pytest
 from chalice.test import Client
 
@@ -37,6 +39,18 @@ def stage_world(aws, directlink):
 
 def put_config(stage: str, text: str) -> None:
     boto3.client("ssm").put_parameter(Name=f"/vifgate/{stage}/config", Value=text, Type="SecureString", Overwrite=True)
+
+
+class StageTimeoutContext(chalice.local.LambdaContext):
+    """chalice.test gives every invocation 3 s; a deployed poll function has its stage's lambda_timeout (120 s)."""
+
+    def __init__(self, function_name: str, memory_size: int, **_: object):
+        super().__init__(function_name, memory_size, max_runtime_ms=120_000)
+
+
+@pytest.fixture(autouse=True)
+def stage_timeout(monkeypatch):
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
 
 
 def invoke_poll(stage: str):

@@ -176,7 +176,11 @@ def test_claims(aws):
 
 
 def test_a_hung_target_is_reported_and_the_others_still_finish(aws, directlink, monkeypatch):
-    """A target that does not answer within the budget fails this cycle; the cycle returns in time."""
+    """A target that does not answer within the budget fails this cycle; the cycle returns in time.
+
+    The budget leaves the healthy targets ample time even on a loaded machine (a 2 s budget failed
+    one run in four there); the hung one waits far longer than the budget, until it is released.
+    """
     from chalicelib.directlink import DirectLinkApi
 
     released = threading.Event()
@@ -184,22 +188,23 @@ def test_a_hung_target_is_reported_and_the_others_still_finish(aws, directlink, 
 
     def hang_for_lab(api):
         if api.target.name == "osc-lab":
-            released.wait(10)
+            released.wait(60)
         return listed(api)
 
     monkeypatch.setattr(DirectLinkApi, "describe_virtual_interfaces", hang_for_lab)
     settings = Settings(config_source="test", table_name=TABLE)
     runtime = Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock)
     started = time.monotonic()
-    report = reconcile.run_cycle(runtime, budget_seconds=2)
+    report = reconcile.run_cycle(runtime, budget_seconds=6)
     elapsed = time.monotonic() - started
     released.set()
     for thread in threading.enumerate():  # let the hung one finish inside moto, not after it
         if thread.name.startswith("poll"):
             thread.join(10)
-    assert elapsed < 5
+    assert 6 <= elapsed < 15, "returned at the budget, not when the hung target gave up"
     assert [(f.target, f.code) for f in report.failures] == [("osc-lab", "Timeout")]
     assert sorted(report.targets_ok) == ["osc-prod", "osc-staging"] and report.counts()["confirmed"] == 2
+    assert records("osc-lab").vifs == {}, "the released thread wrote nothing after its budget"
 
 
 def test_an_unexpected_error_in_one_target_is_contained_and_not_echoed(aws, directlink, monkeypatch, capsys):
