@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from .config import ConfigError
 from .log import logger
 from .reconcile import CycleReport, run_cycle
-from .runtime import Runtime, Settings, load_policy
+from .runtime import Runtime, Settings, load_policy, utc_now
 
 EXIT_OK, EXIT_TARGET_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
 
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="run the local DirectLink sandbox + AWS emulator")
     sandbox.add_argument("--port", type=int, default=4566, help="DirectLink sandbox port (default 4566)")
     sandbox.add_argument("--aws-port", type=int, default=5005, help="AWS emulator (moto) port (default 5005)")
+    sandbox.add_argument(
+        "--env-file", help="where to write the variables to `source` (default .vifgate-sandbox.env; removed on exit)"
+    )
     sandbox.set_defaults(func=_sandbox)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of every event on the queue")
@@ -74,7 +78,22 @@ def _runtime(args: argparse.Namespace) -> Runtime:
     env = dict(os.environ, VIFGATE_CONFIG=args.config or "", VIFGATE_TABLE=args.table)
     settings = Settings.from_env(env)
     # Validated now: an invalid document stops here, before any client exists.
-    return Runtime(settings, policy=load_policy(settings.config_source))
+    policy = load_policy(settings.config_source)
+    return Runtime(settings, policy=policy, clock=_clock(env.get("VIFGATE_CLOCK", "")))
+
+
+def _clock(url: str) -> Callable[[], datetime]:
+    """This machine's clock, or the sandbox's when VIFGATE_CLOCK names it (the env file of `vifgate sandbox`)."""
+    if not url:
+        return utc_now
+    from sandbox.remote_clock import ClockUnavailable, RemoteClock  # not deployed: the Lambda keeps the real clock
+
+    try:
+        clock = RemoteClock(url)
+        clock.now()  # a stopped sandbox is one clear error now, not a failure per target mid-cycle
+    except ClockUnavailable as exc:
+        raise ConfigError("VIFGATE_CLOCK", [str(exc)]) from None
+    return clock
 
 
 def _poll(args: argparse.Namespace) -> int:
@@ -163,7 +182,7 @@ def _schema(args: argparse.Namespace) -> int:
 def _sandbox(args: argparse.Namespace) -> int:
     from sandbox.local import serve  # not deployed: needs the [sandbox] extra
 
-    return serve(port=args.port, aws_port=args.aws_port)
+    return serve(port=args.port, aws_port=args.aws_port, env_file=args.env_file)
 
 
 def _demo(args: argparse.Namespace) -> int:

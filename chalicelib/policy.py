@@ -93,6 +93,8 @@ def decide(
     if rule.action == "ask":
         return Ask(rule=rule.name, reason=f"rule {rule.name} asks a person to decide")
 
+    gateway_id = rule.gateway
+    assert gateway_id is not None  # the policy's validation: a confirm rule names its gateway
     if gateways is None:  # the lookup failed: never confirm blind
         return Ask(
             rule=rule.name,
@@ -101,7 +103,7 @@ def decide(
                 "could not be listed this cycle"
             ),
         )
-    gateway = gateways.get(rule.gateway)
+    gateway = gateways.get(gateway_id)
     if gateway is None:
         return Ask(
             rule=rule.name,
@@ -118,7 +120,17 @@ def decide(
                 f"{gateway.virtual_gateway_state}, not available"
             ),
         )
-    return Confirm(rule=rule.name, gateway=rule.gateway, reason=f"rule {rule.name} trusts account {vif.owner_account}")
+    return Confirm(rule=rule.name, gateway=gateway_id, reason=_trusted(rule, vif))
+
+
+def _trusted(rule: Rule, vif: VirtualInterface) -> str:
+    """Why a VIF is confirmed, naming the connection: only it says who allocated the VIF."""
+    if rule.any_connection:
+        return (
+            f"account {vif.owner_account} on connection {vif.connection_id} matches rule {rule.name}, "
+            "which trusts any connection (any_connection: true)"
+        )
+    return f"account {vif.owner_account} on trusted connection {vif.connection_id} matches rule {rule.name}"
 
 
 def _default(vif: VirtualInterface, policy: Policy, target: Target | None) -> Decision:

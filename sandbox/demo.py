@@ -7,12 +7,14 @@ import textwrap
 import time
 from collections import Counter, defaultdict
 from datetime import timedelta
+from typing import Any
 
 import boto3
 
 from chalicelib import events
 from chalicelib.chatops import Message, render
 from chalicelib.cli import format_table
+from chalicelib.config import Policy
 from chalicelib.reconcile import CycleReport, run_cycle
 from chalicelib.runtime import Runtime, Settings, load_policy
 
@@ -38,14 +40,8 @@ def run_demo() -> int:
             print(f"  osc-prod    {scenario.PROD}  gateway {scenario.PROD_GATEWAY} available")
             print(f"  osc-staging {scenario.STAGING}  gateway {scenario.STAGING_GATEWAY} pending")
             print(f"  osc-lab     {scenario.LAB}  no rule for this account")
-            print(f"Policy: {cloud.config_path}")
-            print(
-                "  partner-prod:    account PROD, vlan 100-199, asn 65001/65002 -> confirm with", scenario.PROD_GATEWAY
-            )
-            print(
-                "  partner-staging: account STAGING, name stg-*              -> confirm with", scenario.STAGING_GATEWAY
-            )
-            print("  default_action:  ask")
+            print("Policy (CONFIG in sandbox/scenario.py):")
+            print(policy_summary(runtime.policy))
 
             _heading(f"Cycle 1 at {cloud.clock.now():%Y-%m-%d %H:%M} UTC")
             first = run_cycle(runtime)
@@ -73,12 +69,40 @@ def run_demo() -> int:
     return 0
 
 
+ACCOUNT_NAMES = {scenario.PROD: "PROD", scenario.STAGING: "STAGING", scenario.LAB: "LAB"}
+
+
+def policy_summary(policy: Policy) -> str:
+    """One line per rule, naming the connections it trusts: only the connection says who allocated a VIF."""
+    width = max((len(rule.name) for rule in policy.rules), default=0) + 1
+    lines = []
+    for rule in policy.rules:
+        accounts = "/".join(ACCOUNT_NAMES.get(a, a) for a in rule.accounts)
+        if rule.any_connection:
+            trusted = "any connection (any_connection: true)"
+        elif rule.connections is not None:
+            trusted = "connection " + "/".join(rule.connections)
+        else:
+            trusted = "any connection"
+        conditions = [f"account {accounts} on {trusted}"]
+        if rule.vlan is not None:
+            conditions.append(f"vlan {rule.vlan.min}-{rule.vlan.max}")
+        if rule.asn is not None:
+            conditions.append("asn " + "/".join(map(str, rule.asn)))
+        if rule.vif_name is not None:
+            conditions.append(f"name {rule.vif_name}")
+        then = f"confirm with {rule.gateway}" if rule.action == "confirm" else rule.action
+        lines.append(f"  {rule.name + ':':<{width}} {', '.join(conditions)} -> {then}")
+    lines.append(f"  {'default_action:':<{width}} {policy.default_action}")
+    return "\n".join(lines)
+
+
 def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
     """What reached the events queue, then what people would read in chat for a few of them."""
     _heading("Events on the queue (SQS FIFO, one message group per VIF)")
     sqs = boto3.client("sqs", endpoint_url=cloud.aws_url)
     url = sqs.get_queue_url(QueueName=EVENTS_QUEUE)["QueueUrl"]
-    received = []
+    received: list[Any] = []  # CloudEvents: each type is its own generated model
     while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
         for message in batch:
             received.append(events.parse(message["Body"]))
@@ -105,15 +129,21 @@ def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
 _MARKS = {"info": "i", "success": "+", "warning": "!", "danger": "!!"}
 
 
-def terminal(message: Message) -> str:
-    """A chat message as a person would read it, in the terminal."""
+def terminal(message: Message, *, fields: bool = True) -> str:
+    """A chat message as a person would read it, in the terminal; `fields=False` for title and text only."""
     lines = [
-        f"[{_MARKS[message.severity]}] {message.title}",
-        textwrap.fill(message.text, width=100, initial_indent="    ", subsequent_indent="    "),
+        f"[{_MARKS[message.severity]}] {_printable(message.title)}",
+        textwrap.fill(_printable(message.text), width=100, initial_indent="    ", subsequent_indent="    "),
     ]
-    label_width = max((len(label) for label, _ in message.fields), default=0)
-    lines += [f"    {label:<{label_width}}  {value}" for label, value in message.fields]
+    if fields:
+        label_width = max((len(label) for label, _ in message.fields), default=0)
+        lines += [f"    {label:<{label_width}}  {_printable(str(value))}" for label, value in message.fields]
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """Names chosen by the allocator are data: no control character reaches the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _summary(runtime: Runtime, reports: list[CycleReport], cloud: LocalCloud) -> None:

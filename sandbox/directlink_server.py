@@ -311,6 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
         routes = {
             ("GET", "/_sandbox/health"): lambda: {"ok": True, "now": api.state.clock.now().isoformat()},
             ("POST", "/_sandbox/faults"): lambda: api.admin_faults(_json_object(body, "InvalidAdminRequest")),
+            # `vifgate` reads its time here when VIFGATE_CLOCK names this URL (set by `vifgate sandbox`).
+            ("GET", "/_sandbox/clock"): lambda: {"now": api.state.clock.now().isoformat()},
             ("POST", "/_sandbox/clock"): lambda: api.admin_clock(_json_object(body, "InvalidAdminRequest")),
         }
         if (method, path) in routes:

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import logging
+import os
+import shlex
+import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3
 from moto.dynamodb.responses import DynamoHandler
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from chalicelib.ledger import create_table
 
@@ -40,8 +46,8 @@ def _serialize_moto_dynamodb() -> None:
         with lock:
             return call_action(self, *args, **kwargs)
 
-    serialized.serialized = True
-    DynamoHandler.call_action = serialized
+    serialized.serialized = True  # type: ignore[attr-defined]
+    setattr(DynamoHandler, "call_action", serialized)  # noqa: B010 (mypy forbids assigning to a method)
 
 
 _serialize_moto_dynamodb()
@@ -54,6 +60,68 @@ EVENTS_QUEUE, EVENTS_DLQ = "vifgate-sandbox-events.fifo", "vifgate-sandbox-event
 AWS_KEY, AWS_SECRET = scenario.KEYS[scenario.PROD]
 
 
+class PortInUse(Exception):
+    """A port the local cloud needs is taken; `service` says which ("directlink" or "aws")."""
+
+    def __init__(self, service: str, port: int) -> None:
+        super().__init__(f"port {port} is in use")
+        self.service, self.port = service, port
+
+
+def _listen(service: str, port: int, start: Callable[[], object]) -> None:
+    try:
+        start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(service, port) from None
+        raise
+
+
+class MotoServer:
+    """moto's server on 127.0.0.1, bound in the caller's thread.
+
+    moto's ThreadedMotoServer binds in its own thread, where a taken port ends the thread and leaves
+    start() waiting forever; binding here makes a taken port an OSError the caller can name.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        listener = socket.socket()
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self._port))
+            listener.listen(128)
+            app = DomainDispatcherApplication(create_backend_app)
+            # werkzeug serves a duplicate of this socket (fd=...), so it never binds (or exits) itself.
+            self._server = make_server(
+                "127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler, fd=listener.fileno()
+            )
+        finally:
+            listener.close()
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the AWS emulator is not running; call start() first")
+        return f"http://127.0.0.1:{self._server.port}"  # the port really bound (port 0 = any)
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call twice, or before start()."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
+
+
 class LocalCloud:
     """Start both emulators, seed the scenario, and say how to reach them."""
 
@@ -62,16 +130,23 @@ class LocalCloud:
     ):
         self.clock = clock or SandboxClock()
         self.directlink = DirectLinkSandbox(flavor="outscale", region=REGION, clock=self.clock)
-        self.moto = ThreadedMotoServer(ip_address="127.0.0.1", port=aws_port, verbose=False)
+        self.moto = MotoServer(aws_port)
+        self._own_workdir = workdir is None  # a directory made here is removed on stop
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vifgate-sandbox-"))
         self.config_path = self.workdir / "vifgate.yaml"
-        self._port = port
-        self.world: scenario.World | None = None
+        self._port, self._aws_port = port, aws_port
+        self._world: scenario.World | None = None
 
     @property
     def aws_url(self) -> str:
-        host, port = self.moto._server.server_address[:2]  # the port moto really bound (port 0 = any)
-        return f"http://{host}:{port}"
+        return self.moto.url
+
+    @property
+    def world(self) -> scenario.World:
+        """The seeded accounts, connection and VIFs."""
+        if self._world is None:
+            raise RuntimeError("the local cloud is not running; call start() first")
+        return self._world
 
     def env(self) -> dict[str, str]:
         """The variables that point vifgate, boto3 and the AWS CLI at the local cloud."""
@@ -90,14 +165,25 @@ class LocalCloud:
             "VIFGATE_EVENTS_QUEUE": EVENTS_QUEUE,
             "VIFGATE_EVENTS_DLQ": EVENTS_DLQ,
             "VIFGATE_CONFIG": str(self.config_path),
+            # `vifgate` reads its time from the sandbox, so moving the sandbox's clock moves deadlines too.
+            "VIFGATE_CLOCK": f"{self.directlink.url}/_sandbox/clock",
         }
 
     def start(self) -> LocalCloud:
-        self.moto.start()
+        """Listen, seed and provision; on any failure (PortInUse when a port is taken) stop what started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        _listen("directlink", self._port, lambda: self.directlink.start(port=self._port))
+        _listen("aws", self._aws_port, self.moto.start)
         # moto keeps its state per process, not per server: start from an empty world every time.
         urllib.request.urlopen(urllib.request.Request(f"{self.aws_url}/moto-api/reset", method="POST"), timeout=10)
-        self.directlink.start(port=self._port)
-        self.world = scenario.seed(self.directlink)
+        self._world = scenario.seed(self.directlink)
         session = boto3.Session(aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_SECRET, region_name=REGION)
         provision(
             session.client("dynamodb", endpoint_url=self.aws_url),
@@ -106,11 +192,13 @@ class LocalCloud:
         )
         create_queues(session.client("sqs", endpoint_url=self.aws_url), EVENTS_QUEUE, EVENTS_DLQ)
         self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
-        return self
 
     def stop(self) -> None:
+        """Stop both servers and remove the files this cloud made; safe to call twice."""
         self.directlink.stop()
         self.moto.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> LocalCloud:
         return self.start()
@@ -145,23 +233,151 @@ def create_queues(sqs, events: str, dead_letters: str) -> str:
     )["QueueUrl"]
 
 
-def serve(port: int = 4566, aws_port: int = 5005) -> int:
-    """`vifgate sandbox`: run until Ctrl-C, after printing the export lines."""
-    clock = SandboxClock(ticking=True)  # time passes: confirmed VIFs come up on their own
-    with LocalCloud(port=port, aws_port=aws_port, clock=clock) as cloud:
-        print("# VIF Gatekeeper sandbox is up (loopback only). In another shell:")
-        for name, value in cloud.env().items():
-            print(f"export {name}={value}")
-        print("\n# then, for example:")
-        print("#   vifgate check")
-        print("#   vifgate poll --dry-run")
-        print("#   vifgate poll --json")
-        print("#   aws directconnect describe-virtual-interfaces   # what osc-prod sees")
-        print(f"#   curl -s -XPOST {cloud.directlink.url}/_sandbox/clock -d '{{\"advanceSeconds\": 86400}}'")
-        print("# Ctrl-C stops it.", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
-    print("sandbox stopped", file=sys.stderr)
+ENV_FILE = ".vifgate-sandbox.env"
+PORT_FLAGS = {"directlink": "--port", "aws": "--aws-port"}
+
+
+def serve(port: int = 4566, aws_port: int = 5005, env_file: str | Path | None = None) -> int:
+    """`vifgate sandbox`: run until Ctrl-C or SIGTERM, then remove every file it wrote."""
+    env_file = Path(env_file or ENV_FILE).absolute()
+    cloud = LocalCloud(port=port, aws_port=aws_port, clock=SandboxClock(ticking=True))  # time passes by itself
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    written: str | None = None
+    chat: ChatWindow | None = None
+    try:
+        cloud.start()
+        written = write_env_file(env_file, cloud.env())
+        chat = ChatWindow(cloud)
+        print(ready_text(cloud, env_file), flush=True)
+        chat.start()
+        threading.Event().wait()  # until a signal raises KeyboardInterrupt here
+    except KeyboardInterrupt:
+        pass
+    except PortInUse as exc:
+        flag = PORT_FLAGS[exc.service]
+        print(
+            f"vifgate sandbox: port {exc.port} is in use (another sandbox?); pick another with {flag}", file=sys.stderr
+        )
+        return 1
+    except OSError as exc:  # a port it may not bind, an env file it cannot write
+        where = exc.filename or "127.0.0.1"
+        print(f"vifgate sandbox: cannot start: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        # A second Ctrl-C while cleaning up must not leave files behind.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        if chat is not None:
+            chat.stop()
+        cloud.stop()
+        if written is not None:
+            remove_env_file(env_file, written)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(f"sandbox stopped; removed {env_file} and {cloud.workdir}", file=sys.stderr)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM ends the sandbox the way Ctrl-C does, through the same cleanup."""
+    raise KeyboardInterrupt
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> str:
+    """Write `export` lines a shell can `source`; returns the text, so that only this text is removed later."""
+    lines = [
+        f"# VIF Gatekeeper sandbox (pid {os.getpid()}); removed when it stops. Use: source {shlex.quote(str(path))}"
+    ]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in env.items()]
+    text = "\n".join(lines) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    return text
+
+
+def remove_env_file(path: Path, written: str) -> None:
+    """Remove the env file unless another sandbox has written its own there since."""
+    try:
+        if path.read_text(encoding="utf-8") == written:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _command(name: str) -> str:
+    """How to type one of this environment's commands: bare when the shell finds this one, else its path."""
+    path = Path(sys.executable).parent / name
+    if shutil.which(name) == str(path):
+        return name
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def ready_text(cloud: LocalCloud, env_file: Path) -> str:
+    """What a person reads once the sandbox is up: where things are and the next commands."""
+    vifgate, aws = _command("vifgate"), _command("aws")
+    world = cloud.world
+    advance = shlex.quote(json.dumps({"advanceSeconds": 5 * 86400}))
+    return "\n".join(
+        [
+            "VIF Gatekeeper sandbox is up (127.0.0.1 only):",
+            f"  DirectLink  {cloud.directlink.url}  {len(world.vif_ids)} hosted VIFs waiting in 3 accounts",
+            f"  AWS (moto)  {cloud.aws_url}  ledger table, events queue, credentials",
+            f"  policy      {cloud.config_path}",
+            f"  clock       {cloud.clock.now():%Y-%m-%d %H:%M} UTC, runs on; vifgate follows it when you move it",
+            "",
+            "Next, in another shell:",
+            f"  source {shlex.quote(str(env_file))}",
+            f"  {vifgate} check     # what each VIF would get; changes nothing",
+            f"  {vifgate} poll      # confirms what the policy trusts",
+            f"  {aws} directconnect describe-virtual-interfaces   # the real protocol, as osc-prod",
+            f"  curl -s -XPOST {cloud.directlink.url}/_sandbox/clock -d {advance}   # 5 days later...",
+            f"  {vifgate} poll      # ...the VIFs still waiting get expiry warnings",
+            "",
+            "Chat messages (what the notify function would post) appear below.",
+            "Ctrl-C stops the sandbox and removes the env file and the policy.",
+        ]
+    )
+
+
+class ChatWindow:
+    """Shows each event that reaches the sandbox's queue as the chat message people would read.
+
+    It stands in for the notify function: it takes the events off the queue, as that function does.
+    """
+
+    def __init__(self, cloud: LocalCloud, out: Callable[[str], None] = print) -> None:
+        session = boto3.Session(aws_access_key_id=AWS_KEY, aws_secret_access_key=AWS_SECRET, region_name=REGION)
+        self._sqs = session.client("sqs", endpoint_url=cloud.aws_url)
+        self._url = self._sqs.get_queue_url(QueueName=EVENTS_QUEUE)["QueueUrl"]
+        self._out = out
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chat-window", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        from chalicelib import events
+        from chalicelib.chatops import render
+
+        from .demo import terminal
+
+        while not self._stop.is_set():
+            try:
+                answer = self._sqs.receive_message(QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            except Exception as exc:  # the sandbox goes on; the person sees why messages stopped
+                self._out(f"(chat window: cannot read the events queue: {exc})")
+                self._stop.wait(5)
+                continue
+            for message in answer.get("Messages", []):
+                self._out(terminal(render(events.parse(message["Body"])), fields=False) + "\n")
+                self._sqs.delete_message(QueueUrl=self._url, ReceiptHandle=message["ReceiptHandle"])

@@ -5,16 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import boto3
 import pytest
 
+from chalicelib import events
 from chalicelib.cli import main
 from chalicelib.reconcile import ACTIONS
-from sandbox import scenario
+from sandbox import SandboxClock, scenario
 from sandbox.local import LocalCloud
 from tests.conftest import confirm_calls
 
@@ -54,7 +62,10 @@ def test_poll_json_prints_one_object_per_vif(cloud, capsys):
         "action": "confirmed",
         "rule": "partner-prod",
         "virtualGatewayId": scenario.PROD_GATEWAY,
-        "reason": f"rule partner-prod trusts account {scenario.PROD}; attached to {scenario.PROD_GATEWAY}",
+        "reason": (
+            f"account {scenario.PROD} on trusted connection {scenario.PARTNER_CONNECTION} matches rule partner-prod; "
+            f"attached to {scenario.PROD_GATEWAY}"
+        ),
     }
     assert {k: rows["prod-app"][k] for k in expected} == expected
     assert rows["lab-bench"]["action"] == "ask" and rows["lab-bench"]["rule"] is None
@@ -152,6 +163,11 @@ def test_demo_tells_the_story(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "Cycle 1" in out and "Cycle 2" in out
+    policy = out.split("Policy (")[1].split("\n== ")[0]
+    # The connection is the trust anchor: only it says who allocated a hosted VIF.
+    assert f"partner-prod:    account PROD on connection {scenario.PARTNER_CONNECTION}" in policy
+    assert f"partner-staging: account STAGING on connection {scenario.PARTNER_CONNECTION}" in policy
+    assert f"on trusted connection {scenario.PARTNER_CONNECTION} matches rule partner-prod" in out
     summary = out.split("== What happened")[1].splitlines()
     confirmed = [line.split()[2] for line in summary if line.startswith("  confirmed  dxvif-")]
     assert confirmed == ["prod-app", "prod-db", "prod-cache"]  # the last one allocated between the cycles
@@ -164,62 +180,216 @@ def test_demo_tells_the_story(capsys):
     assert "expires in at most 2d 23h" in out and "possibly earlier" in out  # the expiry warning
 
 
-def test_sandbox_command_prints_exports_that_poll_and_the_aws_cli_use(tmp_path):
-    """What a user does by hand: start `vifgate sandbox`, paste its exports, run commands, Ctrl-C."""
-    root = Path(__file__).resolve().parent.parent
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIFGATE_"))}
-    clean |= {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "chalicelib.cli", "sandbox", "--port", "0", "--aws-port", "0"],
-        cwd=root,
-        env=clean,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        exports = {}
-        for line in server.stdout:  # the server flushes everything once it is ready
-            if line.startswith("export "):
-                name, value = line.removeprefix("export ").strip().split("=", 1)
-                exports[name] = value
-            if line.startswith("# Ctrl-C"):
-                break
-        assert exports["AWS_ENDPOINT_URL_DIRECT_CONNECT"].startswith("http://127.0.0.1:")
-        assert exports["AWS_ENDPOINT_URL_DYNAMODB"].startswith("http://127.0.0.1:")
-        env = clean | exports
-        poll = subprocess.run(
-            [sys.executable, "-m", "chalicelib.cli", "poll", "--json"],
-            cwd=root,
+ROOT = Path(__file__).resolve().parent.parent
+VIFGATE = [sys.executable, "-m", "chalicelib.cli"]
+FIVE_DAYS = 5 * 86400
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    """No AWS or vifgate settings from the developer's shell; temp files go where the test can see them."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VIFGATE_"))}
+    none = str(tmp_path / "none")
+    return env | {"AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none, "TMPDIR": str(scratch)}
+
+
+class Sandbox:
+    """`vifgate sandbox` in a subprocess, its output read as it comes."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*VIFGATE, "sandbox", "--port", "0", "--aws-port", "0", *args],
+            cwd=cwd,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        """The first output line containing text; fails the test after timeout or when the sandbox exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if found := next((line for line in self.lines if text in line), None):
+                return found
+            if self.process.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        self.process.kill()
+        raise AssertionError(f"{text!r} not in the sandbox's output: {''.join(self.lines)}{self.process.stderr.read()}")
+
+    def env_file(self) -> Path:
+        """The file the `source FILE` step names: printed once the sandbox is ready."""
+        return Path(shlex.split(self.wait_for("source "))[1])
+
+    def stop(self, signum: int) -> str:
+        """Send signum and return stderr once the sandbox exited."""
+        self.process.send_signal(signum)
+        _, err = self.process.communicate(timeout=30)
+        self._reader.join(timeout=5)
+        return err
+
+
+def _sourced(env_file: Path, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run command in bash after `source env_file`, as a person does in their second terminal."""
+    script = f"source {shlex.quote(str(env_file))} && exec {shlex.join(command)}"
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def _expiry_warnings(env: dict[str, str]) -> list:
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=env["AWS_ENDPOINT_URL_SQS"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    url = sqs.get_queue_url(QueueName=env["VIFGATE_EVENTS_QUEUE"])["QueueUrl"]
+    received = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            received.append(events.parse(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return [e for e in received if e.type == "vif.expiry_warning"]
+
+
+def test_poll_follows_the_sandbox_clock_not_the_wall_clock(monkeypatch, tmp_path, capsys):
+    """Move the sandbox 5 days on over HTTP, as a person does: deadlines and warnings follow its time."""
+    start = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+    with LocalCloud(workdir=tmp_path, clock=SandboxClock(start)) as local:
+        for name, value in local.env().items():
+            monkeypatch.setenv(name, value)
+        code, out, err = run(capsys, "poll", "--json")
+        assert code == 0, err
+        assert json_lines(out)["prod-legacy"]["deadline"] == "2025-03-08T09:00:00Z"  # first seen + 7 days
+        assert _expiry_warnings(local.env()) == []
+
+        request = urllib.request.Request(
+            f"{local.directlink.url}/_sandbox/clock", data=json.dumps({"advanceSeconds": FIVE_DAYS}).encode()
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+        code, out, err = run(capsys, "poll", "--json")
+        assert code == 0, err
+        warnings = _expiry_warnings(local.env())
+    waiting = {r["virtualInterfaceId"] for r in json_lines(out).values() if r["action"] == "ask"}
+    assert {w.subject for w in warnings} == waiting and len(waiting) == 3
+    for warning in warnings:
+        assert warning.time == start + timedelta(days=5)
+        assert (warning.data.threshold_hours, warning.data.hours_left) == (72, 48)
+
+
+@pytest.mark.parametrize(
+    "where, why",
+    [
+        ("dead", "Connection refused"),  # the sandbox was stopped
+        ("wrong-path", "Not Found"),
+        ("file", "is not an http:// URL"),
+    ],
+)
+def test_an_unreadable_sandbox_clock_is_a_clear_error(cloud, capsys, unused_port, where, why):
+    url = {
+        "dead": f"http://127.0.0.1:{unused_port}/_sandbox/clock",
+        "wrong-path": f"{cloud.directlink.url}/_sandbox/time",
+        "file": "file:///etc/hostname",
+    }[where]
+    os.environ["VIFGATE_CLOCK"] = url  # the cloud fixture's monkeypatch restores it
+    code, out, err = run(capsys, "poll")
+    assert code == 2 and out == ""
+    assert "VIFGATE_CLOCK: " in err and why in err and "Traceback" not in err
+    assert "Nothing was confirmed." in err
+    assert confirm_calls(cloud.directlink) == []
+
+
+@pytest.fixture
+def unused_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_sandbox_writes_an_env_file_to_source_and_removes_its_files_on_sigterm(tmp_path):
+    """What a person does by hand: `vifgate sandbox`, `source` the file it names, run commands, stop it."""
+    env = _clean_env(tmp_path)
+    sandbox = Sandbox(tmp_path, env)
+    try:
+        env_file = sandbox.env_file()
+        assert env_file == tmp_path / ".vifgate-sandbox.env"  # the default: in the current directory
+        show = [sys.executable, "-c", "import os, json; print(json.dumps(dict(os.environ)))"]
+        exported = json.loads(_sourced(env_file, show, env, tmp_path).stdout)
+        assert exported["AWS_ENDPOINT_URL_DIRECT_CONNECT"].startswith("http://127.0.0.1:")
+        assert exported["AWS_ENDPOINT_URL_DYNAMODB"].startswith("http://127.0.0.1:")
+        assert exported["VIFGATE_CLOCK"] == exported["AWS_ENDPOINT_URL_DIRECT_CONNECT"] + "/_sandbox/clock"
+        policy_file = Path(exported["VIFGATE_CONFIG"])
+        assert policy_file.is_file()
+
+        poll = _sourced(env_file, [*VIFGATE, "poll", "--json"], env, tmp_path)
         assert poll.returncode == 0, poll.stderr
         actions = sorted(json.loads(line)["action"] for line in poll.stdout.splitlines())
         assert actions == ["ask", "ask", "ask", "confirmed", "confirmed"]
-        cli = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "aws"),
-                "directconnect",
-                "describe-virtual-interfaces",
-                "--output",
-                "json",
-            ],
-            cwd=root,
+        aws = [str(Path(sys.executable).parent / "aws"), "directconnect", "describe-virtual-interfaces"]
+        cli = _sourced(env_file, [*aws, "--output", "json"], env, tmp_path)
+        assert cli.returncode == 0, cli.stderr
+        states = sorted(v["virtualInterfaceState"] for v in json.loads(cli.stdout)["virtualInterfaces"])
+        assert states == ["confirming", "pending", "pending"]  # what osc-prod sees after the poll
+        sandbox.wait_for("[+] VIF confirmed: prod-app")  # the sandbox shows the chat messages
+
+        # Five days on, by the sandbox's clock: the next poll warns about the VIFs still waiting.
+        assert not any("expires in" in line for line in sandbox.lines)
+        request = urllib.request.Request(exported["VIFGATE_CLOCK"], data=b'{"advanceSeconds": %d}' % FIVE_DAYS)
+        urllib.request.urlopen(request, timeout=10).close()
+        poll = _sourced(env_file, [*VIFGATE, "poll"], env, tmp_path)
+        assert poll.returncode == 0, poll.stderr
+        sandbox.wait_for("[!] VIF prod-legacy expires in at most 1d 23h")
+    finally:
+        err = sandbox.stop(signal.SIGTERM)
+    assert sandbox.process.returncode == 0, err
+    assert "Traceback" not in err and "sandbox stopped" in err
+    assert not env_file.exists() and not policy_file.exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # no temp dir left behind
+
+
+def test_sandbox_stops_cleanly_on_ctrl_c_and_removes_the_env_file_it_was_given(tmp_path):
+    env = _clean_env(tmp_path)
+    chosen = tmp_path / "sub dir" / "sb.env"
+    chosen.parent.mkdir()
+    sandbox = Sandbox(tmp_path, env, "--env-file", str(chosen))
+    try:
+        assert sandbox.env_file() == chosen and chosen.is_file()
+    finally:
+        err = sandbox.stop(signal.SIGINT)
+    assert sandbox.process.returncode == 0, err
+    assert "Traceback" not in err and "sandbox stopped" in err
+    assert not chosen.exists() and list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["--port", "--aws-port"])
+def test_a_busy_port_is_one_line_naming_it(tmp_path, flag):
+    env = _clean_env(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--aws-port": "0", flag: str(port)}
+        done = subprocess.run(
+            [*VIFGATE, "sandbox", *(x for item in ports.items() for x in item)],
+            cwd=tmp_path,
             env=env,
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert cli.returncode == 0, cli.stderr
-        states = sorted(v["virtualInterfaceState"] for v in json.loads(cli.stdout)["virtualInterfaces"])
-        assert states == ["confirming", "pending", "pending"]  # what osc-prod sees after the poll
-    finally:
-        server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=20)
-    assert server.returncode == 0 and "sandbox stopped" in err
+    assert done.returncode != 0
+    assert done.stderr == f"vifgate sandbox: port {port} is in use (another sandbox?); pick another with {flag}\n"
+    assert not (tmp_path / ".vifgate-sandbox.env").exists() and list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_a_missing_ledger_table_is_explained(cloud, capsys):

@@ -54,7 +54,11 @@ def vif(
     )
 
 
-CONFIRM = Confirm(rule="partner-prod", gateway="vgw-12345678", reason=f"rule partner-prod trusts account {PROD}")
+CONFIRM = Confirm(
+    rule="partner-prod",
+    gateway="vgw-12345678",
+    reason=f"account {PROD} on trusted connection dxcon-fg5678gh matches rule partner-prod",
+)
 
 
 @pytest.mark.parametrize(
@@ -150,7 +154,12 @@ targets: [{{name: a, provider: aws, region: eu-west-1, account_id: "{PROD}"}},
 rules: [{{name: only-a, accounts: ["{PROD}"], targets: [a], gateway: vgw-12345678, action: confirm,
          any_connection: true}}]
 """)
-    assert decide(vif(), AVAILABLE, policy, policy.target("a")).action == "confirm"
+    assert decide(vif(), AVAILABLE, policy, policy.target("a")) == Confirm(
+        rule="only-a",
+        gateway="vgw-12345678",
+        reason=f"account {PROD} on connection dxcon-fg5678gh matches rule only-a, "
+        "which trusts any connection (any_connection: true)",
+    )
     assert decide(vif(), AVAILABLE, policy, policy.target("b")) == Ask(reason=f"no rule matches account {PROD}")
 
 

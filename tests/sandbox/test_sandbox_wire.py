@@ -583,6 +583,8 @@ def test_admin_endpoint_sets_faults_and_clock(world: World) -> None:
     later = datetime(2030, 1, 1, tzinfo=UTC)
     assert admin(url, "/_sandbox/clock", {"set": later.isoformat()}).body == {"now": later.isoformat()}
     assert world.clock.now() == later
+    # What `vifgate` reads when VIFGATE_CLOCK points here: the sandbox's time, not the wall clock's.
+    assert admin(url, "/_sandbox/clock").body == {"now": later.isoformat()}
 
 
 @pytest.mark.parametrize(
