@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -16,6 +17,9 @@ from .reconcile import CycleReport, run_cycle
 from .runtime import Runtime, Settings, load_policy, utc_now
 
 EXIT_OK, EXIT_TARGET_FAILED, EXIT_BAD_CONFIG = 0, 1, 2
+# A slow-drip server can hold a request open for ever (each byte within botocore's read timeout):
+# a run by hand gives up on such targets after this long.
+DEFAULT_BUDGET = 120.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,11 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(poll)
     poll.add_argument("--dry-run", action="store_true", help="decide and record, but confirm nothing")
     poll.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
+    _budget_arg(poll)
     poll.set_defaults(func=_poll)
 
     check = commands.add_parser("check", help="validate the config; show what each current VIF would get")
     _config_args(check)
     check.add_argument("--offline", action="store_true", help="only validate the document")
+    _budget_arg(check)
     check.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
     check.set_defaults(func=_check)
 
@@ -96,10 +102,37 @@ def _clock(url: str) -> Callable[[], datetime]:
     return clock
 
 
+def _budget_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--budget",
+        type=_seconds,
+        default=DEFAULT_BUDGET,
+        metavar="SECONDS",
+        help=f"give up on targets still busy after this long (default {DEFAULT_BUDGET:.0f})",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 1 to 3600")
+    return value
+
+
+def _split(budget: float) -> tuple[float, float]:
+    """Most of the budget for the targets, the rest (at most 20 s) for sending the outbox."""
+    flush = min(20.0, budget / 4)
+    return budget - flush, flush
+
+
 def _poll(args: argparse.Namespace) -> int:
     try:
         runtime = _runtime(args)
-        report = run_cycle(runtime, dry_run=args.dry_run or None)
+        targets, flush = _split(args.budget)
+        report = run_cycle(runtime, dry_run=args.dry_run or None, budget_seconds=targets, flush_seconds=flush)
     except ConfigError as exc:
         return _bad_config(exc)
     _print_report(report, as_json=args.json)
@@ -121,7 +154,8 @@ def _check(args: argparse.Namespace) -> int:
         )
     if args.offline:
         return EXIT_OK
-    report = run_cycle(runtime, dry_run=True, record=False)
+    targets, flush = _split(args.budget)
+    report = run_cycle(runtime, dry_run=True, record=False, budget_seconds=targets, flush_seconds=flush)
     _print_report(report, as_json=args.json, what_if=True)
     return EXIT_OK if report.ok else EXIT_TARGET_FAILED
 
@@ -191,5 +225,19 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def console() -> None:
+    """The `vifgate` command: exit with main's code, without waiting for abandoned poll threads.
+
+    A target given up on at its budget may still be blocked in a socket read; its thread does
+    nothing more (every step checks the deadline), so the process need not wait for it to end.
+    """
+    code = main()
+    if any(t.name.startswith("poll") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
