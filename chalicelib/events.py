@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
@@ -127,12 +127,16 @@ EVENT_TYPES = tuple(DATA_TYPES)
 
 
 class _Envelope(_Model):
-    specversion: Literal["1.0"] = SPEC_VERSION
+    """The CloudEvents attributes every type shares; each type narrows `type` and `data`."""
+
+    specversion: Literal["1.0"] = "1.0"
+    type: str
     id: str = Field(min_length=16, description="deterministic: the same transition always has the same id")
     source: str = Field(description="URI-reference: /vif-gatekeeper/<target>")
     time: datetime
     subject: str = Field(description="the VIF id, or the target name for target.* events")
     datacontenttype: Literal["application/json"] = "application/json"
+    data: Any
 
 
 def _envelope(type_name: str, data_type: type[_Model]) -> type[_Envelope]:
@@ -141,13 +145,16 @@ def _envelope(type_name: str, data_type: type[_Model]) -> type[_Envelope]:
         name,
         __base__=_Envelope,
         __doc__=f"CloudEvent of type {type_name}",
-        type=(Literal[type_name], ...),
+        type=(cast(Any, Literal[type_name]), ...),
         data=(data_type, ...),
     )
 
 
 ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, data) for name, data in DATA_TYPES.items()}
-CloudEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # noqa: UP007
+if TYPE_CHECKING:  # the union is built from DATA_TYPES at import; to a type checker it is an envelope
+    type CloudEvent = _Envelope
+else:
+    CloudEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # noqa: UP007
 _ADAPTER: TypeAdapter = TypeAdapter(CloudEvent)
 
 

@@ -129,6 +129,7 @@ class CycleReport:
             "events": dict(Counter(e.type for e in self.events)),
             "events_sent": self.delivery.sent if self.delivery else 0,
             "events_pending": self.delivery.pending if self.delivery else 0,
+            "events_parked": self.delivery.parked if self.delivery else 0,
         }
 
 
@@ -412,6 +413,7 @@ def _act(
             return "none", f"not rejected: it is no longer confirming (now {now_state})"
 
     run.in_time(f"{verb}ing {entry.vif_id}")
+    state: str | None
     try:
         state = (
             api.confirm(entry.vif_id, decision.gateway) if isinstance(decision, Confirm) else api.reject(entry.vif_id)

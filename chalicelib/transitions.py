@@ -165,7 +165,7 @@ def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, poli
     entry = sighting.entry
     if vif.state != "pending" or entry.stuck_reported_at:
         return
-    since = parse_iso(entry.confirmed_at) or parse_iso(entry.state_since)
+    since = parse_iso(entry.confirmed_at) or parse_iso(entry.state_since) or now
     if now - since >= policy.stuck_pending_after:
         entry.stuck_reported_at = iso(now)
         sighting.emit(
