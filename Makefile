@@ -14,13 +14,15 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test sandbox bench clean
+.PHONY: help setup demo test lint sandbox bench faults clean
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
-	@echo "make test     set up .venv, then run the whole test suite"
-	@echo "make sandbox  start the DirectLink sandbox + AWS emulator and print export lines"
+	@echo "make test     set up .venv, then lint (ruff, mypy) and run the whole test suite"
+	@echo "make lint     ruff check, ruff format --check and mypy only"
+	@echo "make sandbox  start the DirectLink sandbox + AWS emulator; writes .vifgate-sandbox.env to source"
 	@echo "make bench    time a poll cycle over 8 targets, sequential vs concurrent"
+	@echo "make faults   kill the poller at four points of a confirm, break answers; count what survives"
 	@echo "make clean    remove .venv and caches"
 
 $(STAMP): pyproject.toml requirements.txt
@@ -40,11 +42,20 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vifgate demo
 
-test: $(STAMP)
+test: lint $(STAMP)
 	$(PY) -m pytest -n 2 -q
+
+# Lint, format and types first: a minute of pytest is wasted on code that does not pass them.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 sandbox: $(STAMP)
 	$(VENV)/bin/vifgate sandbox
+
+faults: $(STAMP)
+	$(PY) bench/fault_run.py
 
 bench: $(STAMP)
 	$(PY) bench/poll_cycle.py
