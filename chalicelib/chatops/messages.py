@@ -2,14 +2,23 @@
 
 A message says what happened, which VIF, why, and by when, in words a tired on-call engineer
 reads at a glance. Each renderer (slack, mattermost, teams) turns it into its own markup.
+
+A Message is plain text and nothing else: this module writes no markup of its own, so a renderer
+treats every string of it as data and escapes all of it, in one place, before adding its own
+formatting around it. Strings from outside (VIF names, connection ids, locations and states the
+API returns, reasons, approvers, error texts) are made one printable line of bounded length here,
+once, before any sentence is written.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from ..events import CloudEvent
 
@@ -18,6 +27,13 @@ Field = tuple[str, str]
 
 # Under a day left, an expiry warning is an emergency rather than a reminder.
 URGENT = timedelta(hours=24)
+# One value from outside, as shown: enough for any real name, id or error text; a 500 KB name
+# must not push the deadline out of a message or the message past a chat's limits.
+VALUE_MAX = 256
+# Control characters (a newline would start a Markdown block), format characters (bidi overrides
+# that reverse what is read, zero-width characters that hide what is there), lone surrogates.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs"})
+_BREAKS = frozenset({"Zl", "Zp"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class _Parts:
 
 def render(event: CloudEvent) -> Message:
     """The message people see for `event`."""
-    data = event.data
+    data = _shown_data(event.data)
     parts = _RENDERERS[event.type](data, event.time)
     common = _vif_fields(data) if event.type.startswith("vif.") else ()
     return Message(
@@ -61,8 +77,37 @@ def render(event: CloudEvent) -> Message:
         fields=common + parts.fields,
         severity=parts.severity,
         event_type=event.type,
-        subject=event.subject,
+        subject=shown(event.subject),
     )
+
+
+# --- text from outside -------------------------------------------------------------------------
+
+
+def shown(text: str, limit: int = VALUE_MAX) -> str:
+    """`text` as one printable line of at most `limit` characters: hidden characters dropped, spaces collapsed."""
+    # Cut before the character walk: what lies past a few limits' worth is never shown anyway.
+    head = text[: limit * 4]
+    spaced = "".join(
+        " " if char.isspace() or unicodedata.category(char) in _BREAKS else char
+        for char in head
+        if char.isspace() or unicodedata.category(char) not in _HIDDEN
+    )
+    line = " ".join(spaced.split())
+    return line if len(line) <= limit and head == text else line[: limit - 1] + "…"
+
+
+def _shown_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {key: _shown_value(item) for key, item in value.items()}
+    return value
+
+
+def _shown_data(data: BaseModel) -> Any:
+    """The event's data with every string in it (the VIF snapshot included) passed through shown()."""
+    return data.model_copy(update={name: _shown_value(getattr(data, name)) for name in type(data).model_fields})
 
 
 # --- words and times ---------------------------------------------------------------------------
@@ -267,6 +312,16 @@ def _expired(data: Any, now: datetime) -> _Parts:
     )
 
 
+def _reappeared(data: Any, now: datetime) -> _Parts:
+    return _Parts(
+        f"VIF back: {_label(data)}",
+        f"VIF {_who(data)} is listed again on target {data.target} in state {data.state}, after it was "
+        f"reported gone at {at(data.gone_at)} (its last state then was {data.last_state}).",
+        "warning",
+        (("Reported gone", at(data.gone_at)), ("Last state", data.last_state)),
+    )
+
+
 def _disappeared(data: Any, now: datetime) -> _Parts:
     return _Parts(
         f"VIF gone: {_label(data)}",
@@ -320,6 +375,7 @@ _RENDERERS: dict[str, Callable[[Any, datetime], _Parts]] = {
     "vif.expiry_warning": _expiry_warning,
     "vif.expired": _expired,
     "vif.disappeared": _disappeared,
+    "vif.reappeared": _reappeared,
     "vif.stuck_pending": _stuck_pending,
     "target.failed": _target_failed,
     "target.recovered": _target_recovered,

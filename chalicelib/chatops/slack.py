@@ -16,6 +16,7 @@ from slack_sdk.models.blocks import (
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
+    PlainTextObject,
     SectionBlock,
 )
 from slack_sdk.webhook import WebhookClient
@@ -40,28 +41,29 @@ _ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 def escape(text: str) -> str:
     """Slack's mrkdwn escaping: a VIF name like `<!channel>` must not ping a whole channel."""
+    # Every Slack link, mention and command starts with `<`; with these three escaped and
+    # `verbatim` set, nothing in the text is turned into one. `*_~` and backticks can only style.
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _cut(text: str, limit: int) -> str:
+    # Cutting after escaping may split an entity (`&am…`): that shows as text, it never un-escapes.
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _mrkdwn(text: str, limit: int = _TEXT_MAX) -> MarkdownTextObject:
-    return MarkdownTextObject(text=_cut(escape(text), limit))
+    """The one way text reaches a mrkdwn field: escaped, and not auto-linked (URLs, #channels, @mentions)."""
+    return MarkdownTextObject(text=_cut(text, limit), verbatim=True)
 
 
 def blocks(message: Message) -> list[Block]:
     """Header, the sentence, the fields (ten per section), the buttons, then type and subject."""
-    result: list[Block] = [HeaderBlock(text=_cut(message.title, _HEADER_MAX)), SectionBlock(text=_mrkdwn(message.text))]
+    # plain_text is never parsed for links or mentions; emoji=False keeps `:shortcode:` as typed.
+    header = HeaderBlock(text=PlainTextObject(text=_cut(message.title, _HEADER_MAX), emoji=False))
+    result: list[Block] = [header, SectionBlock(text=_mrkdwn(escape(message.text)))]
     for chunk in batched(message.fields, _FIELDS_PER_SECTION):
         result.append(
-            SectionBlock(
-                fields=[
-                    MarkdownTextObject(text=_cut(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX))
-                    for label, value in chunk
-                ]
-            )
+            SectionBlock(fields=[_mrkdwn(f"*{escape(label)}*\n{escape(value)}", _FIELD_MAX) for label, value in chunk])
         )
     if message.actions:
         result.append(
@@ -77,18 +79,25 @@ def blocks(message: Message) -> list[Block]:
                 ]
             )
         )
-    result.append(ContextBlock(elements=[_mrkdwn(f"{message.event_type} · {message.subject}")]))
+    result.append(ContextBlock(elements=[_mrkdwn(escape(f"{message.event_type} · {message.subject}"))]))
     return result
 
 
 def payload(message: Message) -> dict[str, Any]:
     """The message body; `text` is what notifications and screen readers show."""
-    return {"text": _cut(escape(message.text), _TEXT_MAX), "blocks": [block.to_dict() for block in blocks(message)]}
+    return {
+        "text": _cut(escape(message.text), _TEXT_MAX),
+        "blocks": [block.to_dict() for block in blocks(message)],
+        # A URL in a VIF name gets no preview card fetched and shown under the message.
+        "unfurl_links": False,
+        "unfurl_media": False,
+    }
 
 
 def post_webhook(url: str, body: dict[str, Any], *, timeout: float) -> Reply:
     """Post to an incoming webhook; a non-2xx answer's body is Slack's error code (`no_service`)."""
-    client = WebhookClient(url, timeout=timeout, logger=_SDK_LOGGER, retry_handlers=[])
+    # slack_sdk annotates timeout as int but hands it to urllib, which takes seconds as a float.
+    client = WebhookClient(url, timeout=timeout, logger=_SDK_LOGGER, retry_handlers=[])  # type: ignore[arg-type]
     response = client.send_dict(body)
     code = "" if 200 <= response.status_code < 300 else _code(response.body)
     return Reply(response.status_code, header(response.headers, "Retry-After"), code)
@@ -97,7 +106,13 @@ def post_webhook(url: str, body: dict[str, Any], *, timeout: float) -> Reply:
 def post_message(token: str, channel: str, body: dict[str, Any], *, api_url: str, timeout: float) -> Reply:
     """chat.postMessage with a bot token; the API's `error` (invalid_auth, ratelimited...) is the code."""
     # Retries are the notifier's: slack_sdk's rate-limit handler sleeps without a budget.
-    client = WebClient(token=token, base_url=api_url, timeout=timeout, logger=_SDK_LOGGER, retry_handlers=[])
+    client = WebClient(
+        token=token,
+        base_url=api_url,
+        timeout=timeout,  # type: ignore[arg-type]  # a float, as for WebhookClient
+        logger=_SDK_LOGGER,
+        retry_handlers=[],
+    )
     try:
         response = client.chat_postMessage(channel=channel, **body)
     except SlackApiError as error:

@@ -38,6 +38,12 @@ def vif_event(type_name: str, vif: dict | None = None, *, time_: datetime = NOW,
     return events.build(type_name, target="osc-par", subject=parsed.id, time=time_, **common, **data)
 
 
+def teams_facts(card: dict) -> list[tuple[str, str]]:
+    """The (label, value) rows of a Teams card, read back from their literal TextRuns."""
+    rows = [b for b in card["body"] if b["type"] == "ColumnSet"]
+    return [tuple(col["items"][0]["inlines"][0]["text"] for col in row["columns"]) for row in rows]
+
+
 def target_event(type_name: str, **data) -> events._Envelope:
     return events.build(type_name, target="osc-par", subject="osc-par", time=NOW, region="eu-west-2", **data)
 

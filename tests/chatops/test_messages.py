@@ -12,7 +12,7 @@ from chalicelib.chatops import Action, Message, mattermost, render, slack, teams
 from chalicelib.chatops.messages import span
 from chalicelib.models import VirtualInterface
 
-from .conftest import AUTH_KEY, DEADLINE, FIRST_SEEN, NOW, RAW_VIF, target_event, vif_event
+from .conftest import AUTH_KEY, DEADLINE, FIRST_SEEN, NOW, RAW_VIF, target_event, teams_facts, vif_event
 
 VIF_FIELDS = (
     ("VIF", "prod-par-1"),
@@ -171,6 +171,14 @@ CASES = [
         id="disappeared",
     ),
     pytest.param(
+        vif_event("vif.reappeared", state="confirming", last_state="confirming", gone_at=NOW - timedelta(hours=2)),
+        "VIF back: prod-par-1",
+        "warning",
+        ["listed again on target osc-par in state confirming", "reported gone at 2026-11-24 02:30 UTC"],
+        [("Reported gone", "2026-11-24 02:30 UTC"), ("Last state", "confirming")],
+        id="reappeared",
+    ),
+    pytest.param(
         vif_event(
             "vif.stuck_pending",
             {"virtualInterfaceState": "pending"},
@@ -323,10 +331,16 @@ def test_slack_blocks():
     assert body["text"] == "VIF prod-par-1 waits."
     assert [b["type"] for b in body["blocks"]] == ["header", "section", "section", "context"]
     header, sentence, fields, context = body["blocks"]
-    assert header["text"] == {"type": "plain_text", "text": "Approval needed: VIF prod-par-1", "emoji": True}
-    assert sentence["text"]["text"] == "VIF prod-par-1 waits."
+    assert header["text"] == {"type": "plain_text", "text": "Approval needed: VIF prod-par-1", "emoji": False}
+    assert sentence["text"] == {"type": "mrkdwn", "text": "VIF prod-par-1 waits.", "verbatim": True}
     assert [f["text"] for f in fields["fields"]] == ["*VIF*\nprod-par-1", "*VLAN*\n120"]
-    assert context["elements"][0]["text"] == "vif.approval_requested · dxvif-fgh12345"
+    assert all(f["verbatim"] for f in fields["fields"])
+    assert context["elements"][0] == {
+        "type": "mrkdwn",
+        "text": "vif.approval_requested · dxvif-fgh12345",
+        "verbatim": True,
+    }
+    assert (body["unfurl_links"], body["unfurl_media"]) == (False, False)
 
 
 def test_slack_buttons_open_the_action_urls():
@@ -366,7 +380,7 @@ def test_mattermost_attachment():
         {"title": "VIF", "value": "prod-par-1", "short": True},
         {"title": "Deadline", "value": "x" * 60, "short": False},
     ]
-    assert attachment["footer"] == "vif.approval_requested · dxvif-fgh12345"
+    assert attachment["footer"] == "vif.approval\\_requested · dxvif-fgh12345"
     assert "text" not in attachment
 
 
@@ -378,11 +392,47 @@ def test_mattermost_actions_are_links_and_mentions_are_broken():
     assert body["text"] == "VIF @\u200bchannel waits, ask alice@example.com."
 
 
+@pytest.mark.parametrize(
+    "text, escaped",
+    [
+        ("prod-par-1 (dxvif-fgh12345).", "prod-par-1 (dxvif-fgh12345)."),
+        ("<!channel> & <https://evil.example|click>", "&lt;!channel&gt; &amp; &lt;https://evil.example\\|click&gt;"),
+        ("[x](https://evil.example)", "\\[x\\](https://evil.example)"),
+        ("![i](https://e.example/a.png)", "!\\[i\\](https://e.example/a.png)"),
+        ("**b** _i_ ~~s~~ `c`", "\\*\\*b\\*\\* \\_i\\_ \\~\\~s\\~\\~ \\`c\\`"),
+        ("# h | t", "\\# h \\| t"),
+        ("\\[x\\](u)", "&#92;\\[x&#92;\\](u)"),
+        ("- item", "\\- item"),
+        ("12. item", "12\\. item"),
+        ("a - b. 1. c", "a - b. 1. c"),
+        ("&lt;", "&amp;lt;"),
+        ("@all: x.@here", "@\u200ball: x.@\u200bhere"),
+    ],
+)
+def test_mattermost_escape(text, escaped):
+    assert mattermost.escape(text) == escaped
+
+
 def test_teams_card():
     card = teams.payload(message())["attachments"][0]["content"]
-    assert [b["type"] for b in card["body"]] == ["TextBlock", "TextBlock", "FactSet", "TextBlock"]
-    assert card["body"][0]["text"] == "Approval needed: VIF prod-par-1" and card["body"][0]["color"] == "Warning"
-    assert card["body"][2]["facts"] == [{"title": "VIF", "value": "prod-par-1"}, {"title": "VLAN", "value": "120"}]
+    assert [b["type"] for b in card["body"]] == [
+        "RichTextBlock",
+        "RichTextBlock",
+        "ColumnSet",
+        "ColumnSet",
+        "RichTextBlock",
+    ]
+    (title,) = card["body"][0]["inlines"]
+    assert title == {
+        "type": "TextRun",
+        "text": "Approval needed: VIF prod-par-1",
+        "size": "Large",
+        "weight": "Bolder",
+        "color": "Warning",
+    }
+    assert card["body"][1]["inlines"] == [{"type": "TextRun", "text": "VIF prod-par-1 waits."}]
+    assert teams_facts(card) == [("VIF", "prod-par-1"), ("VLAN", "120")]
+    assert card["body"][-1]["inlines"][0]["text"] == "vif.approval_requested · dxvif-fgh12345"
     assert "actions" not in card
 
 

@@ -1,0 +1,262 @@
+"""Strings a partner or the API chooses (VIF name, connection, location, states, error texts) reach chat as text.
+
+Each renderer gets every event type with every field the API fills set to one hostile string, and the
+payload is checked for live markup the way that chat's parser would see it.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import unicodedata
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from chalicelib import events
+from chalicelib.chatops import mattermost, render, slack, teams, webhook
+from chalicelib.chatops.messages import VALUE_MAX
+
+from .conftest import DEADLINE, FIRST_SEEN, NOW, RAW_VIF
+
+HOSTILE = {
+    "slack-channel": "<!channel>",
+    "slack-here": "<!here>",
+    "slack-user": "<@U024BE7LH>",
+    "at-all": "@all",
+    "at-channel": "@channel",
+    "at-here-after-dot": "x.@here",
+    "at-after-colon": "note:@all",
+    "slack-link": "<https://evil.example|click>",
+    "md-link": "[x](https://evil.example)",
+    "md-image": "![i](https://evil.example/a.png)",
+    "md-reflink": "[x][1]",
+    "escaped-backslash-link": "\\[x\\](https://evil.example)",
+    "bold": "**bold**",
+    "emphasis": "_em_ and *em*",
+    "strike": "~~gone~~",
+    "heading": "# h",
+    "code": "`code`",
+    "fence": "```\nfence\n```",
+    "table": "| a | b |\n|---|---|",
+    "list": "- item",
+    "ordered-list": "1. item",
+    "quote": "> quoted",
+    "indented": "    code block",
+    "html": "<b>bold</b><img src=x>",
+    "already-escaped": "&lt;!channel&gt; &amp;",
+    "controls": "prod\x00\x07\x1b[31mred\x7f\x85-1\r\nnext\tcol",
+    "bidi": "\u202eevil\u202c\u2066x\u2069\u200e\u061c",
+    "zero-width": "a\u200bb\u200cc\u200dd\u2060e\ufeff",
+    "line-separators": "a\u2028b\u2029c",
+    "long": "N" * 500_000,
+}
+# What each chat accepts (documented limits), checked on what we send.
+SLACK_TEXT, SLACK_HEADER, SLACK_FIELD = 3000, 150, 2000
+MATTERMOST_POST = 16383  # runes in a post message; a longer webhook text is split into several posts
+TEAMS_MESSAGE = 28 * 1024  # bytes of a Teams message, card included
+
+DEADLINE_DATA = {"deadline": DEADLINE, "deadline_certain": True, "first_seen_at": FIRST_SEEN}
+
+
+def hostile_events(value: str) -> list[Any]:
+    """Every event type, with each string the API or a person supplies set to `value`."""
+    snapshot = {
+        **{k: v for k, v in RAW_VIF.items() if k != "authKey"},
+        "virtualInterfaceName": value,
+        "connectionId": value,
+        "location": value,
+        "virtualInterfaceState": value,
+    }
+    # From a snapshot: the ledger and the queue carry what was stored, whatever its length.
+    common = events.vif_fields("osc-par", None, snapshot, "eu-west-2")
+
+    def vif(type_name: str, **data: Any) -> Any:
+        return events.build(
+            type_name, target="osc-par", subject=RAW_VIF["virtualInterfaceId"], time=NOW, **common, **data
+        )
+
+    def target(type_name: str, **data: Any) -> Any:
+        return events.build(type_name, target="osc-par", subject="osc-par", time=NOW, region="eu-west-2", **data)
+
+    built = [
+        vif("vif.discovered", state=value),
+        vif("vif.state_changed", **{"from": value, "to": value}),
+        vif("vif.confirmed", by="approver", approver=value, gateway="vgw-12345678"),
+        vif("vif.rejected", by="approver", approver=value, reason=value),
+        vif("vif.approval_requested", reason=value, rule=value, **DEADLINE_DATA),
+        vif("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **DEADLINE_DATA),
+        vif("vif.expired", how="state", **DEADLINE_DATA),
+        vif("vif.disappeared", last_state=value),
+        vif("vif.reappeared", state=value, last_state=value, gone_at=NOW - timedelta(hours=1)),
+        vif("vif.stuck_pending", confirmed_at=NOW - timedelta(minutes=45), pending_minutes=45),
+        target("target.failed", code=value, message=value),
+        target("target.recovered", failed_since=NOW - timedelta(hours=2)),
+    ]
+    assert {e.type for e in built} == set(events.EVENT_TYPES)  # a new type must join this table
+    return built
+
+
+CASES = [
+    pytest.param(value, event, id=f"{name}-{event.type}")
+    for name, value in HOSTILE.items()
+    for event in hostile_events(value)
+]
+
+
+def _strings(node: Any, key: str | None = None):
+    """(key, string) for every string in a JSON-like tree."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _no_invisible(text: str) -> None:
+    bad = [hex(ord(c)) for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+    assert not bad, f"control or invisible characters reach chat: {bad[:5]}"
+
+
+# --- the message, before any markup ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, event", CASES)
+def test_the_message_is_one_short_printable_line_per_string(value, event):
+    message = render(event)
+    strings = [message.title, message.text, message.subject, *(s for pair in message.fields for s in pair)]
+    for text in strings:
+        _no_invisible(text)
+    # a few values and our words; each platform's own limit is checked on its payload below
+    assert len(message.title) <= 4 * VALUE_MAX and len(message.text) <= 8 * VALUE_MAX
+    assert all(len(v) <= 2 * VALUE_MAX for _, v in message.fields)
+
+
+# --- Slack ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, event", CASES)
+def test_slack_shows_partner_strings_as_text(value, event):
+    body = slack.payload(render(event))
+    assert body["unfurl_links"] is False and body["unfurl_media"] is False
+    texts: list[tuple[str, str]] = [("text", body["text"])]
+    for block in body["blocks"]:
+        objects = [block["text"]] if "text" in block else []
+        objects += block.get("fields", []) + [e for e in block.get("elements", []) if "type" in e]
+        for obj in objects:
+            if obj.get("type") == "mrkdwn":
+                assert obj.get("verbatim") is True, obj  # no auto-linked URLs, channels or mentions
+                if block["type"] == "section" and "fields" in block:
+                    label, value = re.fullmatch(r"\*([^*\n]+)\*\n([^\n]*)", obj["text"]).groups()
+                    texts += [("label", label), ("value", value)]
+                else:
+                    texts.append(("mrkdwn", obj["text"]))
+            elif block["type"] == "header":
+                # plain_text is never parsed for links or mentions; emoji shortcodes stay text too
+                assert obj["type"] == "plain_text" and obj["emoji"] is False
+                assert len(obj["text"]) <= SLACK_HEADER
+                _no_invisible(obj["text"])
+    for _, text in texts:
+        # `<` opens every Slack link, mention and command; `&` only in the three entities
+        assert "<" not in text and ">" not in text, text[:200]
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text), text[:200]
+        assert len(text) <= SLACK_TEXT
+        _no_invisible(text)
+    assert all(len(f["text"]) <= SLACK_FIELD for b in body["blocks"] for f in b.get("fields", []))
+
+
+# --- Mattermost ----------------------------------------------------------------------------------
+
+# Mattermost (marked in the web app, commonmark in the mobile app, its own parser on the server for
+# mentions) with Slack compatibility: after our escapes are taken out, none of these may remain.
+_MM_ESCAPED = re.compile(r"\\[\\`*_{}\[\]()#+\-.!|~>]|&(?:amp|lt|gt|#\d+);")
+_MM_LIVE = re.compile(r"[\\`*_\[\]#|~<>&]|(?<![^\W_])@(?=[\w.:-])")
+_MM_LINE_START = re.compile(r"^(?:[-+=]|\d+[.)]|\s)")
+
+
+def _mattermost_strings(body: dict) -> list[str]:
+    (attachment,) = body["attachments"]
+    fields = [f["value"] for f in attachment["fields"]] + [f["title"] for f in attachment["fields"]]
+    return [body["text"], attachment["fallback"], attachment["title"], attachment["footer"], *fields]
+
+
+@pytest.mark.parametrize("value, event", CASES)
+def test_mattermost_shows_partner_strings_as_text(value, event):
+    message = render(event)
+    body = mattermost.payload(message)
+    for text in _mattermost_strings(body):
+        live = _MM_LIVE.findall(_MM_ESCAPED.sub("", text))
+        assert not live, f"live markup {live} in {text[:200]!r}"
+        assert not _MM_LINE_START.match(text), text[:80]  # no list, heading underline or code indent
+        _no_invisible(text.replace("\u200b", ""))  # our own mention breaker is the one allowed
+    assert len(body["text"]) <= MATTERMOST_POST
+    # and it still reads as the message: undoing the escapes gives the plain text back
+    assert _mattermost_unescape(body["text"]) == message.text
+
+
+def _mattermost_unescape(text: str) -> str:
+    return html.unescape(re.sub(r"\\(.)", r"\1", text.replace("@\u200b", "@")))
+
+
+def test_mattermost_breaks_every_mention_the_server_would_see():
+    # The server splits words on anything but letters, digits and `:.-_@`, then on `.-:`
+    text = mattermost.escape("@all x.@here note:@channel -@all _@all (@all) alice@example.com")
+    assert text.count("@\u200b") == 6 and "alice@example.com" in text
+
+
+# --- Teams ---------------------------------------------------------------------------------------
+
+
+def _elements(node: Any):
+    if isinstance(node, dict):
+        if "type" in node:
+            yield node
+        for v in node.values():
+            yield from _elements(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _elements(v)
+
+
+@pytest.mark.parametrize("value, event", CASES)
+def test_teams_puts_partner_strings_only_where_markdown_is_not_parsed(value, event):
+    message = render(event)
+    body = teams.payload(message)
+    card = body["attachments"][0]["content"]
+    types = {e["type"] for e in _elements(card["body"])}
+    # TextBlock and FactSet values are Markdown in Teams; a TextRun's text never is.
+    assert not types & {"TextBlock", "FactSet"}, types
+    runs = [e["text"] for e in _elements(card["body"]) if e["type"] == "TextRun"]
+    for key, text in _strings(card["body"]):
+        if key == "text":
+            assert text in runs
+        _no_invisible(text)
+    assert message.title in runs and message.text in runs
+    assert all(value_ in runs for _, value_ in message.fields)
+    assert len(json.dumps(body).encode()) <= TEAMS_MESSAGE
+
+
+# --- generic webhook -----------------------------------------------------------------------------
+
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.mark.parametrize("value", [pytest.param(v, id=k) for k, v in HOSTILE.items()])
+def test_the_webhook_carries_the_event_as_valid_json(value):
+    for event in hostile_events(value):
+        body, _ = webhook.request(event, SECRET, now=NOW.timestamp())
+        assert json.loads(body) == json.loads(events.to_json(event))
+        assert events.parse(body) == event
+
+
+def test_escapes_are_undone_by_each_chat():
+    """The common case stays readable: a name with a dash and a dot is left alone everywhere."""
+    plain = "prod-par-1.eu (dxvif-fgh12345) waits: 2026-11-28 09:00 UTC"
+    assert slack.escape(plain) == plain
+    assert mattermost.escape(plain) == plain
+    assert html.unescape(slack.escape("<a & b>")) == "<a & b>"
