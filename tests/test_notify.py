@@ -9,10 +9,10 @@ import uuid
 import boto3
 import pytest
 from chalice.test import Client
+from standardwebhooks.webhooks import Webhook
 
 from app import app
 from chalicelib import events, notify
-from chalicelib.chatops import verify
 from chalicelib.ledger import create_table
 from sandbox import scenario
 from sandbox.local import create_queues
@@ -20,7 +20,7 @@ from tests.chatops.conftest import AUTH_KEY, vif_event
 from tests.http_receiver import Answer, Receiver
 
 SLACK_PATH = "/services/T0000/B0000/slack-path-is-a-secret"
-SIGNING_SECRET = "whsec-never-in-a-log"
+SIGNING_SECRET = "whsec_bmV2ZXItaW4tYS1sb2ctdGhpcy1zaWduaW5nLWtleQ=="  # a 31-byte key
 DLQ = "vifgate-prod-events-dlq.fifo"
 
 
@@ -140,13 +140,8 @@ def test_each_destination_gets_the_events_it_asked_for(chat):
     hooks = [r for r in chat.requests if r.path == "/hook"]
     assert [json.loads(r.body)["id"] for r in hooks] == [e.id for e in batch]
     for request in hooks:
-        assert verify(
-            SIGNING_SECRET,
-            request.headers["X-VifGate-Timestamp"],
-            request.headers["X-VifGate-Signature"],
-            request.body,
-            now=time.time(),
-        )
+        assert request.headers["webhook-id"] == json.loads(request.body)["id"]
+        Webhook(SIGNING_SECRET).verify(request.body, dict(request.headers.items()))
     assert dead_letters() == []
 
 

@@ -2,7 +2,6 @@
 
 from .messages import Action, Message, render
 from .notifier import DeliveryError, Notifier, RetryLater, SecretUnavailable, Undeliverable
-from .webhook import sign, verify
 
 __all__ = [
     "Action",
@@ -13,6 +12,4 @@ __all__ = [
     "SecretUnavailable",
     "Undeliverable",
     "render",
-    "sign",
-    "verify",
 ]

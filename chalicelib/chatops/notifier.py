@@ -128,11 +128,11 @@ class Notifier:
         """One attempt, ready to repeat; the secrets are read once, here."""
         timeout = self.timeout_seconds
         if destination.kind == "webhook":
-            url, secret = self._url(destination), self._secret(destination, "signing_secret")
+            url, signing = self._url(destination), self._signer(destination)
             # Signed at each attempt: a retry after a Retry-After wait carries a fresh timestamp.
-            return lambda: http.reply(url, *webhook.request(event, secret, time.time()), timeout=timeout)
+            return lambda: http.reply(url, *webhook.request(event, signing, time.time()), timeout=timeout)
         message = render(event)
-        if destination.token is not None:
+        if destination.token is not None and destination.channel:  # config requires the channel with a token
             token = self._token(destination)
             return partial(
                 slack.post_message,
@@ -165,6 +165,12 @@ class Notifier:
         if not _VISIBLE.fullmatch(token):
             raise Undeliverable(destination, "its token secret is malformed")
         return token
+
+    def _signer(self, destination: Destination) -> webhook.Webhook:
+        try:
+            return webhook.signer(self._secret(destination, "signing_secret"))
+        except webhook.InvalidSecret as error:  # says what is wrong with it, never what it is
+            raise Undeliverable(destination, f"its signing_secret secret {error}") from None
 
     def _url(self, destination: Destination) -> str:
         url = self._secret(destination, "url").strip()
