@@ -25,7 +25,6 @@ _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "&#92;"}
 # code (backtick), headings (`#`) and tables (`|`). These are in marked's escape set as well as
 # CommonMark's, so both render the character alone; `(`, `)`, `.`, `-` are left as they are
 # (harmless without `[` or outside a line start), so ordinary names read unchanged.
-_MARKDOWN = frozenset("`*_[]#|~")
 _SPECIAL = re.compile(r"[&<>\\`*_\[\]#|~]")
 # A list marker where a string starts a line (each string is one line: no setext heading can form).
 _LINE_START = re.compile(r"^(?:[-+]|\d{1,9}[.)])")
