@@ -130,7 +130,7 @@ def during_the_flush(trigger: Trigger) -> Iterator[None]:
     def die_or_delete(self, sort_keys):
         if trigger():
             raise Killed
-        delete(self, sort_keys)
+        return delete(self, sort_keys)
 
     with mock.patch.object(Ledger, "delete_events", die_or_delete):
         yield
