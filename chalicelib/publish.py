@@ -11,6 +11,7 @@ of its own group (VIF) until an operator releases or drops it (`vifgate outbox`)
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,17 +88,25 @@ class _Result:
         return _Result(self.accepted + other.accepted, self.refused + other.refused, self.untried + other.untried)
 
 
+def message_size(item: OutboxItem) -> int:
+    """The event's size as SQS counts it, in bytes."""
+    return _Message.of(item).size
+
+
 def sqs_safe(body: str) -> str:
     """The body with characters SQS refuses written as JSON escapes: the same JSON, sendable."""
     return _NOT_FOR_SQS.sub(lambda m: f"\\u{ord(m.group()):04x}", body)
 
 
-def flush(ledger: Ledger, sqs, queue_url: str, limit: int = 1000) -> FlushReport:
+def flush(
+    ledger: Ledger, sqs, queue_url: str, limit: int = 1000, out_of_time: Callable[[], bool] | None = None
+) -> FlushReport:
     """Send what the outbox holds, oldest first; a VIF whose event fails waits for the next cycle.
 
     `limit` bounds the events sent per flush; parked events and those held behind them are
-    counted but not sent. The report's `pending` is the whole backlog: counted from what was read
-    when the outbox fitted in one flush, else by one extra Query that reads only the parked marks.
+    counted but not sent. `out_of_time()` is asked before each batch: once true, the rest waits.
+    The report's `pending` is the whole backlog: counted from what was read when the outbox
+    fitted in one flush, else by one extra Query that reads only the parked marks.
     """
     report = FlushReport()
     sendable: list[_Message] = []
@@ -116,7 +125,7 @@ def flush(ledger: Ledger, sqs, queue_url: str, limit: int = 1000) -> FlushReport
 
     deleted = 0
     waiting = sendable
-    while waiting:
+    while waiting and not (out_of_time and out_of_time()):
         batch, later = next_batch(waiting)
         result = _deliver(sqs, queue_url, batch)
         deleted += ledger.delete_events([m.item.sort_key for m in result.accepted])
@@ -223,7 +232,7 @@ def _refused(ledger: Ledger, refusal: _Refusal) -> int:
     return 1
 
 
-def _code(error: dict[str, Any]) -> str:
+def _code(error: Mapping[str, object]) -> str:
     """SQS's error code, the same whether it came over the JSON or the query protocol."""
     code = str(error.get("QueryErrorCode") or error.get("Code") or "Unknown")
     return code.removeprefix(_QUERY_PREFIX)

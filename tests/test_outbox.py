@@ -291,6 +291,14 @@ def test_pending_is_the_whole_backlog(ledger, queue):
     assert (report.sent, report.pending) == (5, 7)
 
 
+def test_a_flush_out_of_time_stops_between_batches_and_counts_the_rest(ledger, queue):
+    for i in range(25):
+        put(ledger, f"dxvif-{i:08x}", i)
+    asked = []
+    report = flush(ledger, boto3.client("sqs"), queue, out_of_time=lambda: asked.append(1) or len(asked) > 2)
+    assert (report.sent, report.failed, report.pending) == (20, 0, 5)
+
+
 def test_counting_the_backlog_costs_no_extra_read_when_the_outbox_fits_one_flush(aws, queue):
     counting = CountingDynamo(boto3.client("dynamodb"))
     ledger = Ledger(counting, TABLE)
