@@ -66,8 +66,11 @@ class Deadline:
     def left(self) -> float | None:
         return None if self.at is None else max(0.0, self.at - time.monotonic())
 
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
     def check(self, target: str, before: str) -> None:
-        if self.at is not None and time.monotonic() >= self.at:
+        if self.passed():
             raise OutOfTime(f"{target}: out of time before {before}")
 
 
@@ -233,7 +236,7 @@ def _flush(runtime: Runtime, deadline: Deadline) -> publish.FlushReport | None:
     """Send the outbox; whatever fails here stays in it for the next cycle."""
     try:
         queue = runtime.queue_url(runtime.settings.events_queue or "")
-        return publish.flush(runtime.ledger, runtime.sqs, queue)  # FLUSH-DEADLINE: wire once publish takes it
+        return publish.flush(runtime.ledger, runtime.sqs, queue, out_of_time=deadline.passed)
     except (ClientError, BotoCoreError) as exc:
         logger.error(
             "events not sent this cycle; they stay in the outbox",

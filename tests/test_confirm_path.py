@@ -328,3 +328,15 @@ def test_a_vif_seen_again_is_announced_and_a_second_disappearance_is_a_new_event
         second_gone = [e for e in of_type(cycle(directlink), "vif.disappeared") if e.subject == legacy]
     assert len(first_gone) == len(second_gone) == 1
     assert first_gone[0].id != second_gone[0].id, "FIFO deduplication would drop the second"
+
+
+def test_the_flush_has_its_own_deadline(aws, directlink):
+    """Sending the outbox stops at its own deadline; what is left goes with the next cycle."""
+    from sandbox.local import create_queues
+
+    create_queues(boto3.client("sqs"), "q.fifo", "q-dlq.fifo")
+    runtime = runtime_for(directlink)
+    late = reconcile.run_cycle(runtime, flush_seconds=0)
+    assert late.delivery.sent == 0 and late.delivery.pending == len(late.events) > 0
+    next_cycle = reconcile.run_cycle(runtime)
+    assert next_cycle.delivery.sent == len(late.events) + len(next_cycle.events)
