@@ -46,7 +46,8 @@ def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, 
             raise OutOfTime(record.message_id)
         deliver(record, runtime)
 
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    answer = process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    return {"batchItemFailures": list(answer.get("batchItemFailures", []))}
 
 
 def deliver(record: SQSRecord, runtime: Runtime) -> None:
