@@ -446,22 +446,13 @@ def _act(
 
     now = run.now()
     if isinstance(decision, Confirm):
-        entry.confirmed_at = iso(now)
         # The message shows the VIF as the confirm left it (pending, on its gateway), not as it was listed.
         after = vif.model_copy(update={"virtual_interface_state": state, "virtual_gateway_id": decision.gateway})
-        sighting.emit("vif.confirmed", now, after, by="rule", rule=decision.rule, gateway=decision.gateway)
+        transitions.confirmed(sighting, after, now, decision.rule, decision.gateway)
         action, reason = "confirmed", f"{decision.reason}; attached to {decision.gateway}"
     else:
-        entry.rejected_at = iso(now)
         after = vif.model_copy(update={"virtual_interface_state": state})
-        sighting.emit(
-            "vif.rejected",
-            now,
-            after,
-            by="rule" if decision.rule else "default_action",
-            rule=decision.rule,
-            reason=decision.reason,
-        )
+        transitions.rejected(sighting, after, now, decision.rule, decision.reason)
         action, reason = "rejected", decision.reason
     entry.last_decision = action
     try:  # at once: what was done must be on record even if the rest of the cycle fails

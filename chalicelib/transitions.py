@@ -177,6 +177,19 @@ def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, poli
         )
 
 
+def confirmed(sighting: Sighting, vif: VirtualInterface, now: datetime, rule: str | None, gateway: str) -> None:
+    """Record a confirm and its event; `vif` is the VIF as the confirm left it (pending, on `gateway`)."""
+    sighting.entry.confirmed_at = iso(now)
+    sighting.entry.gateway = gateway
+    sighting.emit("vif.confirmed", now, vif, by="rule", rule=rule, gateway=gateway)
+
+
+def rejected(sighting: Sighting, vif: VirtualInterface, now: datetime, rule: str | None, reason: str) -> None:
+    """Record a reject (a rule's, or the default action's when no rule matched) and its event."""
+    sighting.entry.rejected_at = iso(now)
+    sighting.emit("vif.rejected", now, vif, by="rule" if rule else "default_action", rule=rule, reason=reason)
+
+
 # What a claimed VIF looks like once the claimed action took effect.
 _CONFIRMED_STATES = ("pending", "available")
 _REJECTED_STATES = ("rejected", "deleting", "deleted")
@@ -191,25 +204,11 @@ def settle_claim(sighting: Sighting, vif: VirtualInterface, now: datetime) -> st
     entry, claim = sighting.entry, sighting.entry.claim
     if claim is None or entry.confirmed_at or entry.rejected_at:
         return None
-    if (
-        claim.verb in ("confirm", None)
-        and vif.state in _CONFIRMED_STATES
-        and claim.gateway is not None
-        and vif.virtual_gateway_id == claim.gateway
-    ):
-        entry.confirmed_at = iso(now)
-        entry.gateway = claim.gateway
-        sighting.emit("vif.confirmed", now, vif, by="rule", rule=entry.rule, gateway=claim.gateway)
+    on_claimed_gateway = claim.gateway is not None and vif.virtual_gateway_id == claim.gateway
+    if claim.verb in ("confirm", None) and vif.state in _CONFIRMED_STATES and on_claimed_gateway:
+        confirmed(sighting, vif, now, entry.rule, vif.virtual_gateway_id or "")
         return "confirmed"
     if claim.verb == "reject" and vif.state in _REJECTED_STATES:
-        entry.rejected_at = iso(now)
-        sighting.emit(
-            "vif.rejected",
-            now,
-            vif,
-            by="rule" if entry.rule else "default_action",
-            rule=entry.rule,
-            reason=entry.decision_reason or "rejected by the gatekeeper",
-        )
+        rejected(sighting, vif, now, entry.rule, entry.decision_reason or "rejected by the gatekeeper")
         return "rejected"
     return None
