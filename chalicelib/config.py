@@ -2,11 +2,15 @@
 
 An invalid document raises ConfigError, whose lines name each bad field and value
 (`rules[2].gateway: 'vgw-xyz' is not a virtual gateway id`); callers then confirm nothing.
+Nothing else comes out of parse_policy: a hostile document (deep nesting, alias bombs, huge numbers)
+is a ConfigError too, and what it echoes is cut short and never comes from where a secret may be.
 """
 
 from __future__ import annotations
 
 import re
+import reprlib
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -20,8 +24,16 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "cloudgouv-eu-west-1")
+
+
+# What a policy document can reasonably be: far past any real one, far short of hurting a Lambda.
+MAX_TEXT = 1_000_000  # characters (an SSM parameter holds at most 8 KB)
+MAX_DEPTH = 20  # nesting levels; a policy needs 6 (chat.destinations[0].url.secret_id)
+MAX_VALUES = 100_000  # values once YAML aliases and merge keys are expanded
+MAX_SHOWN = 20  # problems listed in the error text; the rest are counted
 
 
 class ConfigError(ValueError):
@@ -30,7 +42,61 @@ class ConfigError(ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        super().__init__(f"invalid config {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+        lines = [f"  - {p}" for p in problems[:MAX_SHOWN]]
+        if len(problems) > MAX_SHOWN:
+            lines.append(f"  … and {len(problems) - MAX_SHOWN} more problems")
+        super().__init__(f"invalid config {source}:\n" + "\n".join(lines))
+
+
+class _ShortRepr(reprlib.Repr):
+    """repr() that never builds more than a few levels and items, so an alias bomb echoes a few bytes."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            maxlevel=3, maxtuple=4, maxlist=4, maxdict=4, maxset=4, maxfrozenset=4, maxstring=60, maxother=40
+        )
+
+    def repr1(self, x: Any, level: int) -> str:
+        # By isinstance, not by type name: a subclass of list must not fall through to the full repr().
+        if isinstance(x, bool):
+            return repr(bool(x))
+        if isinstance(x, int):
+            return self.repr_int(x, level)
+        if isinstance(x, str):
+            return self.repr_str(x, level)
+        if isinstance(x, (bytes, bytearray)):
+            return repr(bytes(x[: self.maxstring])) + ("…" if len(x) > self.maxstring else "")
+        if isinstance(x, list):
+            return self.repr_list(x, level)
+        if isinstance(x, tuple):
+            return self.repr_tuple(x, level)
+        if isinstance(x, dict):
+            return self.repr_dict(x, level)
+        if isinstance(x, frozenset):
+            return self.repr_frozenset(x, level)
+        if isinstance(x, set):
+            return self.repr_set(x, level)
+        return self.repr_instance(x, level)
+
+    def repr_str(self, x: str, level: int) -> str:
+        if len(x) <= self.maxstring:
+            return repr(str(x))
+        head = repr(str(x[: self.maxstring]))
+        return head[:-1] + "…" + head[-1]
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 200:  # past ~60 digits (and past the 4300 digits str() refuses)
+            return f"<a number of about {int(x.bit_length() * 0.30103)} digits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _ShortRepr()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value as the error text shows it: a repr of at most `limit` characters, built without the full repr."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _pattern(regex: str, what: str):
@@ -38,7 +104,7 @@ def _pattern(regex: str, what: str):
 
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
-            raise ValueError(f"{value!r} is not {what}")
+            raise ValueError(f"{_short(value)} is not {what}")
         return value
 
     return AfterValidator(check)
@@ -46,7 +112,10 @@ def _pattern(regex: str, what: str):
 
 def _as_str(value: Any) -> Any:
     # YAML reads 111122223333 as an int; an account id is a string of 12 digits either way.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    # (A leading zero, 012345670123, stays text: _PolicyLoader never reads it as octal.)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if value.bit_length() < 200 else _short(value)
+    return value
 
 
 AccountId = Annotated[str, BeforeValidator(_as_str), _pattern(r"\d{12}", "a 12-digit account id")]
@@ -56,22 +125,108 @@ Name = Annotated[str, _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a name (lett
 RoleArn = Annotated[str, _pattern(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", "an IAM role ARN")]
 
 _DURATION = re.compile(r"(?P<n>\d+)\s*(?P<unit>[smhd])")
+_ISO_DURATION = re.compile(r"P(?:(?P<d>\d+)D)?(?:T(?=\d)(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = timedelta(days=365)
+VIF_LIFETIME = timedelta(days=7)  # a hosted VIF left in `confirming` expires this long after allocation
+_DURATION_FORMS = "write 72h, 30m, 2d or 90s, or ISO 8601 like PT72H, P3D or P1DT12H"
 
 
 def parse_duration(value: Any) -> timedelta:
-    """'72h', '30m', '2d' or a number of seconds."""
+    """'72h', '30m', '2d', '90s', ISO 8601 ('PT72H', 'P1DT12H') or a number of seconds; at most 365 days."""
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return timedelta(seconds=value)
-    match = _DURATION.fullmatch(str(value).strip())
-    if not match or int(match["n"]) == 0:
-        raise ValueError(f"{value!r} is not a duration like '72h', '30m' or '2d'")
-    return timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+        seconds = value.total_seconds()
+    elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        seconds = value
+        if value > MAX_DURATION.total_seconds():
+            raise ValueError(f"{_short(value)} seconds is longer than 365 days, the longest duration allowed")
+    else:
+        # Longer text is no duration, and int() of thousands of digits would be refused anyway.
+        text = str(value).strip() if isinstance(value, str) and len(value) <= 40 else ""
+        short, iso = _DURATION.fullmatch(text), _ISO_DURATION.fullmatch(text)
+        if short:
+            seconds = int(short["n"]) * _UNIT_SECONDS[short["unit"]]
+        elif iso and any(iso.groups()):
+            seconds = sum(int(iso[unit] or 0) * _UNIT_SECONDS[unit] for unit in "dhms")
+        else:
+            raise ValueError(f"{_short(value)} is not a duration: {_DURATION_FORMS}")
+    if seconds <= 0:
+        raise ValueError(f"{_short(value)} is not a duration (it must be longer than zero): {_DURATION_FORMS}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{_short(value)} is longer than 365 days, the longest duration allowed")
+    return timedelta(seconds=seconds)
+
+
+def _expiry_alert(value: Any) -> timedelta:
+    """An alert this long before the deadline must come after the VIF can first be seen."""
+    alert = parse_duration(value)
+    if alert >= VIF_LIFETIME:
+        raise ValueError(
+            f"{_short(value)} is 7 days or more: a VIF expires 7 days after it is allocated, so this alert would "
+            "fire as soon as the VIF is seen; give less than 7d (e.g. 72h)"
+        )
+    return alert
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+ExpiryAlert = Annotated[timedelta, BeforeValidator(_expiry_alert)]
+
+
+_BASED = re.compile(r"[-+]?0[xXbBoO][0-9a-fA-F_]+")
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
+_OCTAL = re.compile(r"[-+]?0[0-7_]+")
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+")
+_UNDERSCORED = re.compile(r"[-+]?[0-9][0-9_]*_[0-9_]*")
+
+
+def _plain_int(value: Any) -> Any:
+    """Where a number is expected, refuse what YAML 1.1 reads as one in ways people do not mean."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"write a number, not {'true' if value else 'false'} (YAML reads yes, no, on and off as true and false)"
+        )
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not any(p.fullmatch(text) for p in (_BASED, _LEADING_ZERO, _SEXAGESIMAL, _UNDERSCORED)):
+        return value  # plain digits, or something pydantic will name as not a number
+    if len(text) > 30:
+        raise ValueError(f"{_short(text)} is not a plain decimal number")
+    sign, digits = ("-" if text.startswith("-") else ""), text.lstrip("+-").replace("_", "")
+    plain = sign + (digits.lstrip("0") or "0")
+    if _BASED.fullmatch(text):
+        message = f"write {int(text.replace('_', ''), 0)}, not {text}: numbers here are plain decimal"
+    elif _SEXAGESIMAL.fullmatch(text):
+        base60 = 0
+        for part in digits.split(":"):
+            base60 = base60 * 60 + int(part)
+        message = f"write a plain number, not {text}: YAML reads it as the base-60 number {sign}{base60}"
+    elif _OCTAL.fullmatch(text):
+        octal = int(digits, 8)
+        message = (
+            f"write {plain}, not {text}: YAML reads a number with a leading zero as octal "
+            f"({text} would be {sign}{octal})"
+        )
+    elif _LEADING_ZERO.fullmatch(text):
+        message = f"write {plain}, not {text}: numbers here have no leading zero"
+    else:
+        message = f"write {sign}{digits}, not {text}: numbers here are plain digits"
+    raise ValueError(message)
+
+
+Int = Annotated[int, BeforeValidator(_plain_int)]
+
+
+def _vlan_range(value: Any) -> Any:
+    """`vlan: 150` or `vlan: 100-199` is a common slip for a range: show the form that works."""
+    bounds: tuple[str, str] | None = None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**6:
+        bounds = (str(value), str(value))
+    elif isinstance(value, str) and (match := re.fullmatch(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?", value)):
+        bounds = (str(int(match[1])), str(int(match[2] or match[1])))
+    if bounds:
+        raise ValueError(f"vlan takes a range: {{min: {bounds[0]}, max: {bounds[1]}}}")
+    return value
 
 
 class _Doc(BaseModel):
@@ -79,11 +234,28 @@ class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _exactly_one(model: BaseModel, first: str, second: str) -> BaseModel:
+def _exactly_one[M: BaseModel](model: M, first: str, second: str) -> M:
     """A reference names one place to read a secret from, never two, never none."""
     if (getattr(model, first) is None) == (getattr(model, second) is None):
         raise ValueError(f"give exactly one of {first} or {second}")
     return model
+
+
+_CREDENTIALS_HELP = (
+    "write {profile: …} (a local AWS profile) or {secret_id: …} (a Secrets Manager secret holding JSON with "
+    "access_key_id and secret_access_key), never the keys themselves (what was given is not shown)"
+)
+_REFERENCE_HELP = (
+    "write {secret_id: …} (a Secrets Manager secret; add key: … for a field of a JSON secret) or "
+    "{parameter: …} (an SSM SecureString), never the secret itself (what was given is not shown)"
+)
+
+
+def _only_fields(value: Any, model: type[BaseModel], help: str) -> Any:
+    """A reference is a mapping of known fields: anything else is likely the secret itself, pasted."""
+    if isinstance(value, model) or (isinstance(value, dict) and set(value) <= set(model.model_fields)):
+        return value
+    raise ValueError(help)
 
 
 class Credentials(_Doc):
@@ -91,6 +263,11 @@ class Credentials(_Doc):
 
     profile: str | None = None
     secret_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_reference(cls, value: Any) -> Any:
+        return _only_fields(value, cls, _CREDENTIALS_HELP)
 
     @model_validator(mode="after")
     def _one_source(self) -> Credentials:
@@ -112,7 +289,7 @@ class Target(_Doc):
     def _provider_fields(self) -> Target:
         if self.provider == "outscale" and self.endpoint_url is None and self.region not in OUTSCALE_REGIONS:
             raise ValueError(
-                f"region {self.region!r} has no OUTSCALE DirectLink endpoint "
+                f"region {_short(self.region)} has no OUTSCALE DirectLink endpoint "
                 f"(known: {', '.join(OUTSCALE_REGIONS)}); set endpoint_url to use another"
             )
         if self.provider == "outscale" and self.role_arn is not None:
@@ -124,8 +301,8 @@ class Target(_Doc):
 
 
 class VlanRange(_Doc):
-    min: int = Field(default=2, ge=2, le=4094)
-    max: int = Field(default=4094, ge=2, le=4094)
+    min: Int = Field(default=2, ge=2, le=4094)
+    max: Int = Field(default=4094, ge=2, le=4094)
 
     @model_validator(mode="after")
     def _ordered(self) -> VlanRange:
@@ -145,8 +322,8 @@ class Rule(_Doc):
     connections: list[ConnectionId] | None = Field(default=None, description="the partner connections trusted")
     any_connection: bool = Field(default=False, description="confirm from any connection (explicit opt-in)")
     targets: list[Name] | None = None
-    vlan: VlanRange | None = None
-    asn: list[Annotated[int, Field(ge=1, le=4294967294)]] | None = None
+    vlan: Annotated[VlanRange | None, BeforeValidator(_vlan_range)] = None
+    asn: list[Annotated[Int, Field(ge=1, le=4294967294)]] | None = None
     vif_name: str | None = Field(default=None, description="glob on the VIF name, e.g. 'prod-*'")
     gateway: GatewayId | None = None
     action: Literal["confirm", "ask", "reject"]
@@ -173,6 +350,11 @@ class SecretRef(_Doc):
     secret_id: str | None = None
     parameter: str | None = None
     key: str | None = Field(default=None, description="the field to read when the secret is a JSON object")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_reference(cls, value: Any) -> Any:
+        return _only_fields(value, cls, _REFERENCE_HELP)
 
     @model_validator(mode="after")
     def _one_source(self) -> SecretRef:
@@ -220,7 +402,7 @@ class Policy(_Doc):
     targets: list[Target] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
     default_action: Literal["ask", "ignore", "reject"] = "ask"
-    expiry_alerts: list[Duration] = Field(default_factory=_default_alerts)
+    expiry_alerts: list[ExpiryAlert] = Field(default_factory=_default_alerts)
     stuck_pending_after: Duration = timedelta(minutes=30)
     chat: Chat = Field(default_factory=Chat)
 
@@ -255,27 +437,191 @@ def _unique(field: str, names: list[str]) -> None:
         seen.add(name)
 
 
+class _Refused(yaml.YAMLError):
+    """A document that is valid YAML but too big or too deep to be a policy document."""
+
+    def __init__(self, problem: str, mark: Any = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _PolicyLoader(yaml.SafeLoader):
+    """SafeLoader that bounds nesting and merge-key expansion, and reads only plain decimals as integers."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._merged = 0
+        self._flattening: set[int] = set()
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        # The composer recurses once per level: bound it before Python's recursion limit does.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(_too_deep(), self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        # `<<: [*a, *a, ...]` copies entries into the node at load time, so nested merges multiply:
+        # count what each merge adds before PyYAML builds it.
+        if id(node) in self._flattening:
+            raise _Refused("a merge key (<<) refers to the mapping it is in", node.start_mark)
+        self._flattening.add(id(node))
+        try:
+            for key_node, value_node in node.value:
+                if key_node.tag != "tag:yaml.org,2002:merge":
+                    continue
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    if isinstance(source, MappingNode):
+                        self.flatten_mapping(source)
+                        self._merged += len(source.value)
+                if self._merged > MAX_VALUES:
+                    raise _Refused(
+                        f"merge keys (<<) expand to more than {MAX_VALUES} entries; a policy document is far smaller",
+                        key_node.start_mark,
+                    )
+            super().flatten_mapping(node)
+        finally:
+            self._flattening.discard(id(node))
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
+        # PyYAML's scalar constructors raise ValueError, KeyError, ... on `!!int abc` or 2024-13-45.
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise _Unreadable(f"this value cannot be read as {_clip(tag, 30)}", node.start_mark) from None
+
+    def construct_plain_int(self, node: Node) -> int | str:
+        """Plain decimals are numbers; 0100 (octal), 0x64, 0b101, 1:30 (base 60) and 1_000 stay text.
+
+        Text keeps an account id's leading zero, and lets a number field say what to write instead.
+        """
+        text = str(self.construct_scalar(node))  # type: ignore[arg-type]
+        if re.fullmatch(r"[-+]?(0|[1-9][0-9]{0,99})", text):
+            return int(text)
+        return text
+
+
+class _Unreadable(yaml.MarkedYAMLError):
+    """A scalar whose YAML type cannot hold its text (`!!int abc`, a 13th month)."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+_PolicyLoader.add_constructor("tag:yaml.org,2002:int", _PolicyLoader.construct_plain_int)
+
+
+def _too_deep() -> str:
+    return f"the document nests more than {MAX_DEPTH} levels deep; a policy document needs 6"
+
+
+def _check_shape(document: Any) -> str | None:
+    """Why `document` is too deep or too big to validate, or None; iterative, and it stops at the limit."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return (
+                f"the document expands to more than {MAX_VALUES} values (YAML aliases repeating a structure?); "
+                "a policy document is far smaller"
+            )
+        if depth > MAX_DEPTH:
+            return _too_deep() + " (a YAML alias inside its own anchor?)"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                stack += ((key, depth + 1), (item, depth + 1))
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack += ((item, depth + 1) for item in value)
+    return None
+
+
 def parse_policy(text: str, source: str = "<config>") -> Policy:
-    """YAML or JSON text -> Policy, or ConfigError naming every bad field."""
+    """YAML or JSON text -> Policy, or ConfigError naming every bad field; never another exception."""
     try:
-        document = yaml.safe_load(text)
+        return _parse(text, source)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _unexpected(source, exc) from None
+
+
+def validate_policy(document: Any, source: str = "<config>") -> Policy:
+    """An already-loaded document (dicts and lists) -> Policy, or ConfigError; never another exception."""
+    try:
+        return _validate(document, source)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise _unexpected(source, exc) from None
+
+
+def _unexpected(source: str, exc: Exception) -> ConfigError:
+    # The safety net: the exception's own text may quote the document, so only its type is named.
+    return ConfigError(
+        source,
+        [f"could not be read: unexpected {type(exc).__name__} (a bug in vifgate; the document's content is not shown)"],
+    )
+
+
+def _parse(text: str, source: str) -> Policy:
+    if len(text) > MAX_TEXT:
+        raise ConfigError(
+            source, [f"the document is {len(text):,} characters long; a policy document is at most {MAX_TEXT:,}"]
+        )
+    try:
+        document = yaml.load(text, Loader=_PolicyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except _Refused as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(source, [f"{exc.problem}{where}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(source, [f"not valid YAML or JSON{where}: {getattr(exc, 'problem', exc)}"]) from None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"not valid YAML or JSON{where}: {_yaml_problem(problem)}"]) from None
+    return _validate(document, source)
+
+
+def _yaml_problem(problem: str) -> str:
+    """PyYAML's own words, on one line, with anything long it quotes (a tag, an alias) left out."""
+    problem = re.sub(r"'[^']{20,}'|\"[^\"]{20,}\"", "'…'", " ".join(problem.split()))
+    return _clip(problem, 200)
+
+
+def _validate(document: Any, source: str) -> Policy:
     if document is None:
         raise ConfigError(source, ["the document is empty: it needs 'targets' (and usually 'rules')"])
     if not isinstance(document, dict):
         raise ConfigError(
             source, [f"the document must be a mapping with 'targets' and 'rules', got {type(document).__name__}"]
         )
+    if problem := _check_shape(document):
+        raise ConfigError(source, [problem])
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:
-        raise ConfigError(source, [_describe(err) for err in exc.errors()]) from None
+        problems = [_describe(err) for err in exc.errors(include_url=False)]
+        raise ConfigError(source, list(dict.fromkeys(problems))) from None
 
 
 _SECRET_FIELDS = {"chat", "credentials", "url", "token", "signing_secret"}
+# Every field name of the document: a path under a secret field prints these, never a key someone wrote.
+_FIELD_NAMES = {
+    name
+    for model in (Policy, Target, Credentials, Rule, VlanRange, Chat, Destination, SecretRef)
+    for name in model.model_fields
+}
 
 
 def _may_be_secret(loc: tuple) -> bool:
@@ -283,16 +629,46 @@ def _may_be_secret(loc: tuple) -> bool:
     return any(part in _SECRET_FIELDS for part in loc)
 
 
-def _describe(error: dict[str, Any]) -> str:
-    """One pydantic error as `rules[2].gateway: <what is wrong>`."""
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_FIELD_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+
+
+def _path(loc: tuple) -> str:
+    """`rules[2].gateway`, cut before any part under a secret field that is not one of our field names."""
     path = ""
-    for part in error["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    for i, part in enumerate(loc):
+        if isinstance(part, int) and not isinstance(part, bool):
+            path += f"[{part}]"
+        elif part in _FIELD_NAMES or not _may_be_secret(loc[:i]):
+            path += f".{_clip(str(part), 40)}" if path else _clip(str(part), 40)
+        else:
+            break
+    return path
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as `rules[2].gateway: <what is wrong>`."""
+    loc = tuple(error["loc"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        message = "unknown field (check its spelling)"
-    elif error["type"] not in ("value_error", "missing") and "input" in error and not _may_be_secret(error["loc"]):
-        message += f" (got {error['input']!r})"
+        # The last part is a key someone wrote. A misspelt field is worth showing; a URL or an access key
+        # pasted as a key, or anything under a secret field, is not.
+        parents, key = loc[:-1], loc[-1]
+        if isinstance(key, str) and _FIELD_LIKE.fullmatch(key) and not _may_be_secret(parents):
+            path = _path(loc)
+            message = "unknown field (check its spelling)"
+        else:
+            path = _path(parents)
+            where = "field" if path else "top-level field"
+            message = f"unknown {where} (not shown: it may be a secret; check its spelling)"
+    else:
+        path = _path(loc)
+        if error["type"] not in ("value_error", "missing") and "input" in error and not _may_be_secret(loc):
+            message += f" (got {_short(error['input'])})"
+    message = _clip(message, 400)
     # Errors raised by a model validator carry their own path inside the message.
     if message.startswith(("rules[", "targets[", "chat.")) or not path:
         return message
