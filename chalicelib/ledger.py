@@ -159,8 +159,10 @@ class ClaimLost(Exception):
             why = f"already confirmed at {confirmed_at}"
         elif holder:
             since = f" since {holder.at}" if holder.at else ""
-            why = (f"claimed by poller cycle {holder.by}{since} until {holder.until}; if that poller stopped, "
-                   "the first cycle after then takes over")
+            why = (
+                f"claimed by poller cycle {holder.by}{since} until {holder.until}; if that poller stopped, "
+                "the first cycle after then takes over"
+            )
         else:
             why = "not in the ledger yet"
         super().__init__(why)
@@ -409,7 +411,13 @@ class Ledger:
         )
 
     def claim(
-        self, target: str, vif_id: str, claimant: str, now: datetime, *, verb: str = "confirm",
+        self,
+        target: str,
+        vif_id: str,
+        claimant: str,
+        now: datetime,
+        *,
+        verb: str = "confirm",
         gateway: str | None = None,
     ) -> None:
         """Claim the right to confirm (or reject) a VIF; raises ClaimLost naming who holds it.
@@ -469,12 +477,13 @@ def _target_key(target: str) -> dict[str, Any]:
 
 def _refused_item(exc: ClientError) -> dict[str, Any] | None:
     """The item as it was when a condition refused a write (update_item or a transaction), else None."""
-    if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-        return exc.response.get("Item", {})
-    if exc.response["Error"]["Code"] == "TransactionCanceledException":
-        for reason in exc.response.get("CancellationReasons") or []:
+    answer: dict[str, Any] = dict(exc.response)
+    if answer["Error"]["Code"] == "ConditionalCheckFailedException":
+        return answer.get("Item", {})
+    if answer["Error"]["Code"] == "TransactionCanceledException":
+        for reason in answer.get("CancellationReasons") or []:
             if reason.get("Code") == "ConditionalCheckFailed":
-                return reason.get("Item", {})
+                return dict(reason.get("Item", {}))
     return None
 
 
