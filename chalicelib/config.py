@@ -24,7 +24,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from yaml.nodes import MappingNode, Node, SequenceNode
+from pydantic_core import PydanticCustomError
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "cloudgouv-eu-west-1")
 
@@ -104,7 +105,8 @@ def _pattern(regex: str, what: str):
 
     def check(value: str) -> str:
         if not compiled.fullmatch(value):
-            raise ValueError(f"{_short(value)} is not {what}")
+            # Its own type, so that under chat or credentials _describe can leave the value out.
+            raise PydanticCustomError("not_a", "{shown} is not {what}", {"shown": _short(value), "what": what})
         return value
 
     return AfterValidator(check)
@@ -465,6 +467,20 @@ class _PolicyLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
+        # YAML keeps the last of two equal keys: a second `rules:` would silently drop the first.
+        node: MappingNode = super().compose_mapping_node(anchor)
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if (key_node.tag, key_node.value) in seen:
+                    key = key_node.value
+                    shown = repr(key) if _FIELD_LIKE.fullmatch(key) else "a key (not shown: it may be a secret)"
+                    problem = f"{shown} is given twice in one mapping; YAML would keep only the last"
+                    raise _Refused(problem, key_node.start_mark)
+                seen.add((key_node.tag, key_node.value))
+        return node
+
     def flatten_mapping(self, node: MappingNode) -> None:
         # `<<: [*a, *a, ...]` copies entries into the node at load time, so nested merges multiply:
         # count what each merge adds before PyYAML builds it.
@@ -664,6 +680,10 @@ def _describe(error: Mapping[str, Any]) -> str:
             path = _path(parents)
             where = "field" if path else "top-level field"
             message = f"unknown {where} (not shown: it may be a secret; check its spelling)"
+    elif error["type"] == "not_a":
+        path = _path(loc)
+        if _may_be_secret(loc):
+            message = f"the value given is not {error['ctx']['what']} (not shown: it may be a secret)"
     else:
         path = _path(loc)
         if error["type"] not in ("value_error", "missing") and "input" in error and not _may_be_secret(loc):

@@ -450,6 +450,12 @@ def with_credentials(credentials) -> str:
             [SLACK_URL, "s3cr3t"],
         ),
         (
+            with_destination(name=SLACK_URL, kind="teams", url={"secret_id": "x"}),
+            "chat.destinations[0].name: the value given is not a name (letters, digits, . _ -) "
+            "(not shown: it may be a secret)",
+            [SLACK_URL, "hooks"],
+        ),
+        (
             with_change("chat", {SLACK_URL: "s3cr3t"}),
             "chat: unknown field (not shown: it may be a secret; check its spelling)",
             [SLACK_URL, "s3cr3t"],
@@ -592,6 +598,18 @@ def nested(depth: int, open_: str, close: str, inner: str = "1") -> str:
         (
             f"x: !<{SLACK_URL}> 1",
             "not valid YAML or JSON at line 1, column 4: could not determine a constructor for the tag '…'",
+        ),
+        (
+            "rules: []\ntargets: []\nrules: [{name: r}]",
+            "'rules' is given twice in one mapping; YAML would keep only the last (line 3, column 1)",
+        ),
+        (
+            '{"targets": [{"name": "a", "name": "b"}]}',
+            "'name' is given twice in one mapping; YAML would keep only the last (line 1, column 28)",
+        ),
+        (
+            f"chat: {{destinations: [{{url: {{{SLACK_URL}: 1, {SLACK_URL}: 2}}}}]}}",
+            "a key (not shown: it may be a secret) is given twice in one mapping",
         ),
         ("x: 1\n" + "#" * 1_000_001, "the document is 1,000,006 characters long; a policy document is at most"),
     ],
