@@ -1,0 +1,119 @@
+"""The table the ledger lives in, the times it writes, and the one write path: an update plus its events."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from ..events import to_json
+
+OUTBOX = "#outbox"
+_sequence = itertools.count()
+
+_ser, _de = TypeSerializer(), TypeDeserializer()
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the API's numbers are all integers."""
+    if isinstance(value, Decimal):
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class LedgerBase:
+    """A DynamoDB client and table name; each kind of item adds its methods in a module of its own."""
+
+    def __init__(self, client, table: str):
+        self.client = client
+        self.table = table
+
+    def _write(self, update: dict[str, Any], events: Iterable) -> None:
+        """One update, plus its events in the outbox, all or nothing."""
+        puts = [{"Put": {"TableName": self.table, "Item": _outbox_item(e)}} for e in events]
+        if not puts:
+            self.client.update_item(**update)
+            return
+        for attempt in range(4):
+            try:
+                self.client.transact_write_items(TransactItems=[{"Update": update}, *puts])
+                return
+            except ClientError as exc:
+                # Another poller writing the same VIF at that instant cancels the transaction; the
+                # write is idempotent (same sort keys), so trying again is safe.
+                reasons = exc.response.get("CancellationReasons") or []
+                conflict = any(r.get("Code") == "TransactionConflict" for r in reasons)
+                if exc.response["Error"]["Code"] != "TransactionCanceledException" or not conflict or attempt == 3:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+
+def _refused_item(exc: ClientError) -> dict[str, Any] | None:
+    """The item as it was when a condition refused a write (update_item or a transaction), else None."""
+    answer: dict[str, Any] = dict(exc.response)
+    if answer["Error"]["Code"] == "ConditionalCheckFailedException":
+        return answer.get("Item", {})
+    if answer["Error"]["Code"] == "TransactionCanceledException":
+        for reason in answer.get("CancellationReasons") or []:
+            if reason.get("Code") == "ConditionalCheckFailed":
+                return dict(reason.get("Item", {}))
+    return None
+
+
+def _outbox_item(event) -> dict[str, Any]:
+    """The sort key keeps creation order: a VIF's events leave in the order they happened."""
+    sort_key = f"{time.time_ns():020d}-{next(_sequence):09d}-{event.id}"
+    return {
+        "target": {"S": OUTBOX},
+        "vif_id": {"S": sort_key},
+        "event_id": {"S": event.id},
+        "group": {"S": event.subject},
+        "type": {"S": event.type},
+        "body": {"S": to_json(event)},
+    }
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """CreateTable arguments; infra/template.json declares the same table for deployment."""
+    return {
+        "TableName": name,
+        "KeySchema": [{"AttributeName": "target", "KeyType": "HASH"}, {"AttributeName": "vif_id", "KeyType": "RANGE"}],
+        "AttributeDefinitions": [
+            {"AttributeName": "target", "AttributeType": "S"},
+            {"AttributeName": "vif_id", "AttributeType": "S"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+def create_table(client, name: str) -> None:
+    """Create the ledger table (sandbox, demo and tests); a no-op when it already exists."""
+    try:
+        client.create_table(**table_definition(name))
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "ResourceInUseException":
+            raise
+    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    ttl = client.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # delivery marks expire by themselves
+        client.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )

@@ -1,0 +1,202 @@
+"""One item per (target, VIF): what was seen and decided, and the claim that makes a confirm happen once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from .base import LedgerBase, _de, _plain, _refused_item, _ser, iso, parse_iso
+
+EXPIRY = timedelta(days=7)
+CLAIM_TTL = timedelta(minutes=5)
+TARGET_ITEM = "#target"
+
+
+@dataclass
+class VifRecord:
+    target: str
+    vif_id: str
+    first_seen_at: str
+    state: str
+    state_since: str
+    deadline: str | None = None
+    deadline_certain: bool = False
+    last_decision: str | None = None
+    decision_reason: str | None = None
+    rule: str | None = None
+    gateway: str | None = None
+    confirmed_at: str | None = None
+    rejected_at: str | None = None
+    gone_at: str | None = None
+    approval_requested_at: str | None = None
+    alerts_sent: list[str] = field(default_factory=list)
+    stuck_reported_at: str | None = None
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    # Since when the VIF has been listed without a gap: a disappearance names the spell it ends.
+    seen_since: str | None = None
+    # Written only by claim()/release(), never by save(): a poller's copy must not overwrite another's.
+    claim: Claim | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> VifRecord:
+        names = {f.name for f in fields(cls)} - {"claim"}
+        values = {k: _plain(_de.deserialize(v)) for k, v in item.items() if k in names}
+        return cls(**values, claim=Claim.from_item(item))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who took the right to act on a VIF, to do what, and until when (a dead poller's claim lapses)."""
+
+    by: str
+    until: str
+    verb: str | None = None  # confirm | reject (claims written before this field have none)
+    gateway: str | None = None
+    at: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Claim | None:
+        def text(name: str) -> str | None:
+            return item.get(name, {}).get("S")
+
+        by, until = text("claim_by"), text("claim_until")
+        if by is None or until is None:
+            return None
+        return cls(by, until, text("claim_verb"), text("claim_gateway"), text("claim_at"))
+
+
+@dataclass
+class TargetRecords:
+    target: str
+    vifs: dict[str, VifRecord]
+    last_polled_at: datetime | None
+    failing_since: datetime | None = None
+
+
+class ClaimLost(Exception):
+    """Someone else holds the claim on this VIF, or it was confirmed already; the text says which."""
+
+    def __init__(self, vif_id: str, holder: Claim | None = None, confirmed_at: str | None = None):
+        self.vif_id, self.holder, self.confirmed_at = vif_id, holder, confirmed_at
+        if confirmed_at:
+            why = f"already confirmed at {confirmed_at}"
+        elif holder:
+            since = f" since {holder.at}" if holder.at else ""
+            why = (
+                f"claimed by poller cycle {holder.by}{since} until {holder.until}; if that poller stopped, "
+                "the first cycle after then takes over"
+            )
+        else:
+            why = "not in the ledger yet"
+        super().__init__(why)
+
+
+class VifRecords(LedgerBase):
+    def load(self, target: str) -> TargetRecords:
+        """All records of one target, in as few Query pages as DynamoDB allows."""
+        vifs: dict[str, VifRecord] = {}
+        status: dict[str, Any] = {}
+        params: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "target = :t",
+            "ExpressionAttributeValues": {":t": {"S": target}},
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self.client.query(**params)
+            for item in page["Items"]:
+                if item["vif_id"]["S"] == TARGET_ITEM:
+                    status = item
+                else:
+                    record = VifRecord.from_item(item)
+                    vifs[record.vif_id] = record
+            if "LastEvaluatedKey" not in page:
+                return TargetRecords(
+                    target,
+                    vifs,
+                    parse_iso(status.get("last_polled_at", {}).get("S")),
+                    parse_iso(status.get("failing_since", {}).get("S")),
+                )
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def save(self, record: VifRecord, events: Iterable = ()) -> None:
+        """Write what was observed and decided, and its events, in one transaction.
+
+        An update, not a put: a poller holding an older copy must not erase another poller's
+        claim or its confirmed_at. None is written as NULL except confirmed_at, which is set once.
+        """
+        names = [f.name for f in fields(record) if f.name not in ("target", "vif_id", "claim")]
+        # Set once, never unset: an older copy must not erase that the VIF was confirmed or rejected.
+        names = [n for n in names if not (n in ("confirmed_at", "rejected_at") and getattr(record, n) is None)]
+        update = {
+            "TableName": self.table,
+            "Key": {"target": {"S": record.target}, "vif_id": {"S": record.vif_id}},
+            "UpdateExpression": "SET " + ", ".join(f"#{n} = :{n}" for n in names),
+            "ExpressionAttributeNames": {f"#{n}": n for n in names},
+            "ExpressionAttributeValues": {f":{n}": _ser.serialize(getattr(record, n)) for n in names},
+        }
+        self._write(update, events)
+
+    def claim(
+        self,
+        target: str,
+        vif_id: str,
+        claimant: str,
+        now: datetime,
+        *,
+        verb: str = "confirm",
+        gateway: str | None = None,
+    ) -> None:
+        """Claim the right to confirm (or reject) a VIF; raises ClaimLost naming who holds it.
+
+        The claim is written before the API call, so two pollers at once act once. A claim left
+        by a poller that died lapses after CLAIM_TTL so the VIF is not stuck; its verb and gateway
+        let a later cycle recognise a confirm that worked but was never recorded.
+        """
+        values = {
+            ":me": {"S": claimant},
+            ":until": {"S": iso(now + CLAIM_TTL)},
+            ":now": {"S": iso(now)},
+            ":verb": {"S": verb},
+        }
+        update = "SET claim_by = :me, claim_until = :until, claim_at = :now, claim_verb = :verb"
+        if gateway:
+            update += ", claim_gateway = :gateway"
+            values[":gateway"] = {"S": gateway}
+        else:
+            update += " REMOVE claim_gateway"
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
+                UpdateExpression=update,
+                ConditionExpression=(
+                    "attribute_exists(vif_id) AND attribute_not_exists(confirmed_at) "
+                    "AND (attribute_not_exists(claim_until) OR claim_until < :now)"
+                ),
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            old = _refused_item(exc)
+            if old is None:
+                raise
+            raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
+
+    def release(self, target: str, vif_id: str, claimant: str) -> None:
+        """Give a claim back after a definite failure, so the next cycle may try again."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
+                UpdateExpression="REMOVE claim_by, claim_until, claim_at, claim_verb, claim_gateway",
+                ConditionExpression="claim_by = :me",
+                ExpressionAttributeValues={":me": {"S": claimant}},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
