@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import boto3
@@ -29,7 +30,8 @@ CLIENT_CONFIG = Config(
     read_timeout=10,
     user_agent_extra="vif-gatekeeper",
 )
-SECRET_SESSION_SECONDS = 900  # keys from Secrets Manager are read again this often (rotation)
+SECRET_REFRESH_SECONDS = 900  # keys from Secrets Manager are read again about this often (rotation)
+REFRESH_SPREAD = 0.2  # each target's refresh moves by its own share of +/-20%: a fleet refreshes a few at a time
 MAX_PAGES = 1000
 ROLE_SESSION_SECONDS = 3600
 REFRESH_MARGIN_SECONDS = 300
@@ -205,85 +207,191 @@ class DirectLinkApi:
         return self._field(operation, self._call(operation, virtualInterfaceId=vif_id), "virtualInterfaceState", str)
 
 
-@dataclass
-class _Cached:
+@dataclass(frozen=True)
+class _Keys:
+    """One set of keys. Hidden from repr: a traceback or a log of this object must not show them."""
+
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # wall clock; None when no end is known (keys from a secret)
+
+    def client_args(self) -> dict[str, str | None]:
+        return {
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "aws_session_token": self.token,
+        }
+
+    def digest(self) -> bytes:
+        """Tells whether keys changed without keeping them in another form; never logged."""
+        return hashlib.sha256("\0".join((self.access_key, self.secret_key, self.token or "")).encode()).digest()
+
+
+@dataclass(frozen=True)
+class _Built:
+    """A target's client, the settings and keys it was built for, and when its keys are read again."""
+
     target: Target
     api: DirectLinkApi
-    expires_at: float
+    keys_digest: bytes | None  # None: it signs with a session's own credentials (base session, profile)
+    expires_at: float | None  # when its keys stop working, if known
+    due_at: float  # wall clock
+
+
+class _Slot:
+    """One target's place in the cache; its lock lets one thread refresh it while the other targets go on."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.built: _Built | None = None
+
+
+def _share(name: str) -> float:
+    """A fixed number in [0, 1) per target name: where in the spread that target's refreshes fall."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def _due_at(target: Target, keys: _Keys | None, now: float) -> float:
+    """When the keys are read again: secrets every SECRET_REFRESH_SECONDS, assumed roles before they expire.
+
+    Each target's time moves by its own fixed share of a spread, so a fleet whose keys were all read
+    in one cold start does not read them all again in one cycle, 15 minutes later, then every 15.
+    """
+    due = float("inf")  # a profile or the base session refreshes its own credentials
+    if target.credentials and target.credentials.secret_id:
+        due = now + SECRET_REFRESH_SECONDS * (1 + REFRESH_SPREAD * (2 * _share(target.name) - 1))
+    if keys is not None and keys.expires_at is not None:
+        # Between one and two margins before the end: always in time, never all at once.
+        due = min(due, keys.expires_at - REFRESH_MARGIN_SECONDS * (1 + _share(target.name)))
+    return due
 
 
 class DirectLinkClients:
-    """Builds one client per target, lazily, and rebuilds it before assumed-role keys expire."""
+    """One client per target, all from one boto3 Session, each signing with its own target's keys.
+
+    A boto3 Session holds its own copy of botocore's data (about 8 MB, 50-90 ms of CPU); a client
+    from a shared one costs about 0.25 MB. Keys from a secret are read again when due (spread per
+    target), assumed-role keys renewed before they expire, and a client is rebuilt only when its
+    keys changed. Worker threads call get() concurrently: each target is built once, and one
+    target's refresh does not wait for another's.
+    """
 
     def __init__(
         self,
         base_session: Callable[[], boto3.Session] = boto3.Session,
-        secrets_client: Callable[[], object] | None = None,
+        secrets_client: Callable[[], Any] | None = None,
     ):
         self._base_session = base_session
         self._secrets_client = secrets_client
-        self._cache: dict[str, _Cached] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the slots and the shared pieces, each created once
+        # boto3 Sessions are not thread-safe: clients are created from them one at a time (~5 ms each).
+        self._build_lock = threading.Lock()
+        self._slots: dict[str, _Slot] = {}
+        self._session: boto3.Session | None = None
+        self._profiles: dict[str, boto3.Session] = {}
+        self._shared: dict[tuple[str, ...], Any] = {}
 
     def get(self, target: Target) -> DirectLinkApi:
         with self._lock:
-            cached = self._cache.get(target.name)
-        # A changed target (region, endpoint, credentials) in the policy gets a new client.
-        if cached and cached.target == target and cached.expires_at - REFRESH_MARGIN_SECONDS > time.time():
-            return cached.api
+            slot = self._slots.setdefault(target.name, _Slot())
+        built = slot.built
+        if self._current(built, target):
+            return built.api  # type: ignore[union-attr]
+        with slot.lock:
+            built = slot.built
+            if not self._current(built, target):  # else another thread refreshed it while this one waited
+                built = slot.built = self._refresh(target, built)
+            return built.api  # type: ignore[union-attr]
+
+    @staticmethod
+    def _current(built: _Built | None, target: Target) -> bool:
+        # A changed target (region, endpoint, credentials) in the policy gets new keys and a new client.
+        return built is not None and built.target == target and time.time() < built.due_at
+
+    def _refresh(self, target: Target, built: _Built | None) -> _Built:
+        now = time.time()
+        same_target = built is not None and built.target == target
         try:
-            session, expires_at = self._session(target)
-            client = session.client(
-                "directconnect", region_name=target.region, endpoint_url=endpoint_url(target), config=CLIENT_CONFIG
-            )
-        except TargetError:
+            session, keys = self._keys(target)
+        except TargetError as exc:
+            still_valid = built is not None and (built.expires_at is None or now < built.expires_at)
+            if same_target and exc.retryable and still_valid:
+                # The keys read last time still work; a secret store having a bad minute must not stop
+                # the target. The due time stays past, so the next cycle tries again.
+                logger.warning(
+                    "keys not refreshed; the current ones are used until the next cycle",
+                    extra={"target": target.name, "error": str(exc)},
+                )
+                return built  # type: ignore[return-value]
             raise
+        digest = keys.digest() if keys is not None else None
+        due_at = _due_at(target, keys, now)
+        expires_at = keys.expires_at if keys is not None else None
+        if same_target and built is not None and digest == built.keys_digest:
+            logger.debug("keys read again, unchanged: client kept", extra={"target": target.name})
+            return replace(built, expires_at=expires_at, due_at=due_at)
+        try:
+            client = self._client(
+                session,
+                "directconnect",
+                region_name=target.region,
+                endpoint_url=endpoint_url(target),
+                **(keys.client_args() if keys is not None else {}),
+            )
         except (ClientError, BotoCoreError, ValueError) as exc:
             raise _wrap(target.name, "credentials", exc) from None
-        api = DirectLinkApi(target, client)
-        with self._lock:
-            self._cache[target.name] = _Cached(target, api, expires_at)
-        return api
+        reason = "new target" if built is None else "keys changed" if same_target else "target settings changed"
+        logger.info("directlink client built", extra={"target": target.name, "reason": reason})
+        return _Built(target, DirectLinkApi(target, client), digest, expires_at, due_at)
 
-    def _session(self, target: Target) -> tuple[boto3.Session, float]:
-        expires_at = float("inf")  # profiles and the base session refresh themselves
+    def _keys(self, target: Target) -> tuple[boto3.Session, _Keys | None]:
+        """The session to build from and the keys to sign with (None: the session's own credentials)."""
         creds = target.credentials
-        if creds and creds.profile:
-            session = boto3.Session(profile_name=creds.profile)
-        elif creds and creds.secret_id:
-            session = boto3.Session(**self._keys_from_secret(target, creds.secret_id))
-            expires_at = time.time() + SECRET_SESSION_SECONDS + REFRESH_MARGIN_SECONDS
-        else:
-            session = self._base_session()
-        if not target.role_arn:
-            return session, expires_at
-        answer = session.client("sts", region_name=target.region, config=CLIENT_CONFIG).assume_role(
-            RoleArn=target.role_arn,
-            RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
-            DurationSeconds=ROLE_SESSION_SECONDS,
-        )
-        keys = answer["Credentials"]
-        assumed = boto3.Session(
-            aws_access_key_id=keys["AccessKeyId"],
-            aws_secret_access_key=keys["SecretAccessKey"],
-            aws_session_token=keys["SessionToken"],
-        )
-        return assumed, keys["Expiration"].timestamp()
+        try:
+            if creds and creds.profile:
+                session, keys = self._profile(creds.profile), None
+            elif creds and creds.secret_id:
+                session, keys = self._base(), self._keys_from_secret(target, creds.secret_id)
+            else:
+                session, keys = self._base(), None
+            if target.role_arn:
+                keys = self._assume_role(target, session, keys)
+        except (ClientError, BotoCoreError, ValueError) as exc:
+            raise _wrap(target.name, "credentials", exc) from None
+        return session, keys
 
-    def _keys_from_secret(self, target: Target, secret_id: str) -> dict[str, str]:
+    def _assume_role(self, target: Target, session: boto3.Session, source: _Keys | None) -> _Keys:
+        assert target.role_arn is not None
+        if source is None:  # the session's own credentials: one STS client per session and region
+            key = ("sts", str(id(session)), target.region)
+            sts = self._shared_client(key, lambda: self._client(session, "sts", region_name=target.region))
+        else:  # keys from a secret assume the role (rare): their own STS client, gone with them
+            sts = self._client(session, "sts", region_name=target.region, **source.client_args())
+        try:
+            answer = sts.assume_role(
+                RoleArn=target.role_arn,
+                RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
+                DurationSeconds=ROLE_SESSION_SECONDS,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _wrap(target.name, "assume_role", exc) from None
+        keys = answer["Credentials"]
+        return _Keys(keys["AccessKeyId"], keys["SecretAccessKey"], keys["SessionToken"], keys["Expiration"].timestamp())
+
+    def _keys_from_secret(self, target: Target, secret_id: str) -> _Keys:
         """The secret holds JSON {"access_key_id": ..., "secret_access_key": ...}."""
-        client = (
-            self._secrets_client()
-            if self._secrets_client
-            else self._base_session().client("secretsmanager", config=CLIENT_CONFIG)
-        )
+        if self._secrets_client is not None:
+            client = self._secrets_client()
+        else:
+            client = self._shared_client(("secretsmanager",), lambda: self._client(self._base(), "secretsmanager"))
         try:
             raw = client.get_secret_value(SecretId=secret_id)["SecretString"]
         except (ClientError, BotoCoreError) as exc:
             raise _wrap(target.name, "get_secret_value", exc) from None
         try:
             value = json.loads(raw)
-            return {"aws_access_key_id": value["access_key_id"], "aws_secret_access_key": value["secret_access_key"]}
+            return _Keys(value["access_key_id"], value["secret_access_key"])
         except (ValueError, KeyError, TypeError):
             # Never echo the secret's text: it holds the keys.
             raise TargetError(
@@ -293,3 +401,26 @@ class DirectLinkClients:
                 f"secret {secret_id} must be JSON with access_key_id and secret_access_key",
                 retryable=False,
             ) from None
+
+    def _base(self) -> boto3.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = self._base_session()
+            return self._session
+
+    def _profile(self, name: str) -> boto3.Session:
+        """One Session per profile name (CLI use): each reads its own keys from the AWS config files."""
+        with self._lock:
+            if name not in self._profiles:
+                self._profiles[name] = boto3.Session(profile_name=name)
+            return self._profiles[name]
+
+    def _shared_client(self, key: tuple[str, ...], build: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._shared:
+                self._shared[key] = build()
+            return self._shared[key]
+
+    def _client(self, session: boto3.Session, service: str, **args: Any) -> Any:
+        with self._build_lock:
+            return session.client(service, config=CLIENT_CONFIG, **args)  # type: ignore[call-overload]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Any
 
 import boto3
 
@@ -99,6 +100,7 @@ def resolve_secret(ref: SecretRef) -> str:
         if ref.secret_id:
             value = parameters.get_secret(ref.secret_id, max_age=SECRET_MAX_AGE)
         else:
+            assert ref.parameter is not None  # SecretRef holds exactly one of the two
             value = parameters.get_parameter(ref.parameter, decrypt=True, max_age=SECRET_MAX_AGE)
     except parameters.exceptions.GetParameterError as exc:
         cause = exc.__cause__
@@ -148,17 +150,22 @@ class Runtime:
         self._sqs = sqs
         self._resolve = resolve
         self._lock = threading.Lock()
+        self._session_lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
-        self._notifier = None
+        self._notifier: tuple[Chat, Any] | None = None
 
     @property
     def policy(self) -> Policy:
         """The validated policy; ConfigError when it is invalid (callers then confirm nothing)."""
         return self._policy if self._policy is not None else load_policy(self.settings.config_source)
 
-    @cached_property
+    @property
     def session(self) -> boto3.Session:
-        return self._session or boto3.Session()
+        """The one boto3 Session every client is built from (each Session costs ~8 MB): built once, under a lock."""
+        with self._session_lock:
+            if self._session is None:
+                self._session = boto3.Session()
+            return self._session
 
     @cached_property
     def directlink(self) -> DirectLinkClients:
