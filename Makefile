@@ -14,7 +14,7 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test lint sandbox bench faults clean
+.PHONY: help setup demo test lint sandbox bench bench-memory faults clean
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
@@ -22,6 +22,7 @@ help:
 	@echo "make lint     ruff check, ruff format --check and mypy only"
 	@echo "make sandbox  start the DirectLink sandbox + AWS emulator; writes .vifgate-sandbox.env to source"
 	@echo "make bench    time a poll cycle over 8 targets, sequential vs concurrent"
+	@echo "make bench-memory  peak memory and CPU of a cycle over 10/100/200 targets, old vs current"
 	@echo "make faults   kill the poller at four points of a confirm, break answers; count what survives"
 	@echo "make clean    remove .venv and caches"
 
@@ -59,6 +60,9 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/poll_cycle.py
+
+bench-memory: $(STAMP)
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
