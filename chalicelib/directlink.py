@@ -157,8 +157,10 @@ class DirectLinkApi:
                 self._skipped(item.get("virtualInterfaceId"), fields)
                 continue
             if vif.id in vifs:  # two answers for one VIF: trust neither more, keep the first
-                logger.error("virtual interface listed twice; the first is kept",
-                             extra={"target": self.target.name, "vif_id": vif.id})
+                logger.error(
+                    "virtual interface listed twice; the first is kept",
+                    extra={"target": self.target.name, "vif_id": vif.id},
+                )
                 continue
             vifs[vif.id] = vif
         return list(vifs.values())
