@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -125,26 +125,22 @@ class Outbox(LedgerBase):
 
     def drop_event(self, item: OutboxItem) -> bool:
         """Delete an event that will never be sent (an operator's choice); False if it has left."""
-        try:
-            self.client.delete_item(
-                TableName=self.table,
-                Key={"target": {"S": OUTBOX}, "vif_id": {"S": item.sort_key}},
-                ConditionExpression="attribute_exists(event_id)",
-            )
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            return False
-        return True
+        return self._if_still_there(self.client.delete_item, item)
 
     def _outbox_update(self, item: OutboxItem, **update: Any) -> bool:
-        # Conditional: an update of an event another poller has just sent must not recreate it as a husk.
+        return self._if_still_there(self.client.update_item, item, **update)
+
+    def _if_still_there(self, call: Callable[..., Any], item: OutboxItem, **request: Any) -> bool:
+        """Write to an outbox event only while it exists; False once another poller has sent it.
+
+        Unconditional, an update would recreate a sent event as a husk that is never sent or deleted.
+        """
         try:
-            self.client.update_item(
+            call(
                 TableName=self.table,
                 Key={"target": {"S": OUTBOX}, "vif_id": {"S": item.sort_key}},
                 ConditionExpression="attribute_exists(event_id)",
-                **update,
+                **request,
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
