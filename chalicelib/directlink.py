@@ -86,6 +86,8 @@ class DirectLinkApi:
     def __init__(self, target: Target, client):
         self.target = target
         self.client = client
+        # Ids of the VIFs the last listing skipped as unreadable; None when one had no usable id.
+        self.unreadable: set[str] | None = set()
 
     def _call(self, operation: str, **params) -> dict:
         try:
@@ -124,7 +126,13 @@ class DirectLinkApi:
             page, token = self._page(**params)
             items.extend(page)
             if not token:
-                return self._parse(items)
+                skipped: list[object] = []
+                vifs = self._parse(items, skipped)
+                # Listed but unreadable is not gone: the cycle must not announce these as disappeared.
+                # An unreadable item without a usable id could be any VIF: then nothing is "gone".
+                named = all(isinstance(vif_id, str) and vif_id for vif_id in skipped)
+                self.unreadable = {str(vif_id) for vif_id in skipped} if named else None
+                return vifs
             if token in seen_tokens:  # a server repeating itself must not loop us forever
                 raise TargetError(
                     self.target.name,
@@ -143,18 +151,21 @@ class DirectLinkApi:
             retryable=False,
         )
 
-    def _parse(self, items: list) -> list[VirtualInterface]:
-        """VIFs one by one: one the model cannot read (or store) is skipped and named, never echoed (authKey)."""
+    def _parse(self, items: list, skipped: list[object] | None = None) -> list[VirtualInterface]:
+        """VIFs one by one: one the model cannot read (or store) is skipped and named, never echoed (authKey).
+
+        `skipped` collects the ids (whatever they are) of the items left out.
+        """
         vifs: dict[str, VirtualInterface] = {}
         for item in items:
             if not isinstance(item, dict):
-                self._skipped("?", [f"<{type(item).__name__}, not an object>"])
+                self._skipped(None, [f"<{type(item).__name__}, not an object>"], skipped)
                 continue
             try:
                 vif = VirtualInterface.model_validate(item)
             except ValidationError as exc:
                 fields = sorted({".".join(map(str, e["loc"])) for e in exc.errors()})
-                self._skipped(item.get("virtualInterfaceId"), fields)
+                self._skipped(item.get("virtualInterfaceId"), fields, skipped)
                 continue
             if vif.id in vifs:  # two answers for one VIF: trust neither more, keep the first
                 logger.error(
@@ -165,7 +176,9 @@ class DirectLinkApi:
             vifs[vif.id] = vif
         return list(vifs.values())
 
-    def _skipped(self, vif_id: object, fields: list[str]) -> None:
+    def _skipped(self, vif_id: object, fields: list[str], skipped: list[object] | None) -> None:
+        if skipped is not None:
+            skipped.append(vif_id)
         shown = vif_id[:64] if isinstance(vif_id, str) else repr(vif_id)[:64]
         logger.error(
             "unreadable virtual interface skipped",

@@ -347,8 +347,10 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
         )
 
     if run.mode.records:
-        listed = {v.id for v in vifs}
-        for gone in known.vifs.values():
+        # A VIF listed but unreadable is not gone; an unreadable item without an id could be any of them.
+        unreadable = api.unreadable
+        listed = {v.id for v in vifs} | (unreadable or set())
+        for gone in known.vifs.values() if unreadable is not None else ():
             if gone.vif_id not in listed and gone.gone_at is None:
                 sighting = transitions.disappeared(gone, run.now(), target.region, run.publishing)
                 run.save(sighting.entry, sighting)
@@ -416,6 +418,10 @@ def _act(
             return "none", f"not rejected: it is no longer confirming (now {now_state})"
 
     run.in_time(f"{verb}ing {entry.vif_id}")
+    try:  # from here on the action may have happened: only such a claim is settled by a later cycle
+        ledger.mark_called(entry.target, entry.vif_id, run.cycle_id, run.now())
+    except ClaimLost as lost:
+        return "none", f"not acted on: {lost} ({decision.reason})"
     state: str | None
     try:
         state = (
@@ -436,8 +442,9 @@ def _act(
                 "the claim is kept and the next cycle looks again"
             )
         if state is None:
-            if not exc.retryable:  # a definite no: let the next cycle try again
-                ledger.release(entry.target, entry.vif_id, run.cycle_id)
+            # The VIF says it did not happen: give the claim back, so it can neither block the next
+            # try nor credit a later hand confirm to this rule.
+            ledger.release(entry.target, entry.vif_id, run.cycle_id)
             logger.warning(f"{verb} failed", extra={"target": entry.target, "vif_id": entry.vif_id, "error": str(exc)})
             return "failed", str(exc)
         # botocore retried a call whose first answer was lost, and the retry was refused because
@@ -472,9 +479,9 @@ def _took_effect(api: DirectLinkApi, vif_id: str, decision: Confirm | Reject) ->
     if now is None:
         return "deleted" if isinstance(decision, Reject) else None  # a rejected VIF may already be gone
     if isinstance(decision, Confirm):
-        done = now.state in ("pending", "available") and now.virtual_gateway_id == decision.gateway
+        done = now.state in transitions.CONFIRMED_STATES and now.virtual_gateway_id == decision.gateway
     else:
-        done = now.state in ("rejected", "deleting", "deleted")
+        done = now.state == transitions.REJECTED_STATE
     return now.state if done else None
 
 

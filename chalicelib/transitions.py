@@ -86,7 +86,8 @@ def observe(
 
     if before is None:
         sighting.emit("vif.discovered", now, vif, state=vif.state)
-    elif before.gone_at is not None:
+        return sighting
+    if before.gone_at is not None:
         # Listed again after a gap (a page that lied, an API outage, a restore): say so, or people
         # who were told it was gone never learn it is back.
         sighting.emit(
@@ -98,7 +99,7 @@ def observe(
             last_state=before.state,
             gone_at=before.gone_at,
         )
-    elif before.state != vif.state:
+    if before.state != vif.state:
         entry.state, entry.state_since = vif.state, iso(now)
         # The id comes from the previous state's start, not from `now`: two pollers seeing the same
         # change name it the same, and FIFO deduplication keeps one.
@@ -190,9 +191,11 @@ def rejected(sighting: Sighting, vif: VirtualInterface, now: datetime, rule: str
     sighting.emit("vif.rejected", now, vif, by="rule" if rule else "default_action", rule=rule, reason=reason)
 
 
-# What a claimed VIF looks like once the claimed action took effect.
-_CONFIRMED_STATES = ("pending", "available")
-_REJECTED_STATES = ("rejected", "deleting", "deleted")
+# What a VIF looks like once a confirm took effect: on its gateway and past `confirming` (AWS shows a
+# confirmed VIF whose BGP session is not up yet as `down`, one under test as `testing`).
+CONFIRMED_STATES = ("pending", "available", "down", "testing", "verifying")
+# An owner's delete of a `confirming` VIF leaves it `rejected`; `deleting`/`deleted` are the allocator's.
+REJECTED_STATE = "rejected"
 
 
 def settle_claim(sighting: Sighting, vif: VirtualInterface, now: datetime) -> str | None:
@@ -202,13 +205,15 @@ def settle_claim(sighting: Sighting, vif: VirtualInterface, now: datetime) -> st
     claim says what it meant to do; the VIF says whether it happened. Returns the action recorded.
     """
     entry, claim = sighting.entry, sighting.entry.claim
-    if claim is None or entry.confirmed_at or entry.rejected_at:
+    # Only a claim whose call was made may have acted: one that never reached the API (or was made
+    # by a release before claims said so) must not credit a person's confirm to a rule.
+    if claim is None or claim.called_at is None or entry.confirmed_at or entry.rejected_at:
         return None
-    on_claimed_gateway = claim.gateway is not None and vif.virtual_gateway_id == claim.gateway
-    if claim.verb in ("confirm", None) and vif.state in _CONFIRMED_STATES and on_claimed_gateway:
-        confirmed(sighting, vif, now, entry.rule, vif.virtual_gateway_id or "")
+    gateway = claim.gateway
+    if claim.verb == "confirm" and gateway and vif.state in CONFIRMED_STATES and vif.virtual_gateway_id == gateway:
+        confirmed(sighting, vif, now, entry.rule, gateway)
         return "confirmed"
-    if claim.verb == "reject" and vif.state in _REJECTED_STATES:
+    if claim.verb == "reject" and vif.state == REJECTED_STATE:
         rejected(sighting, vif, now, entry.rule, entry.decision_reason or "rejected by the gatekeeper")
         return "rejected"
     return None

@@ -340,3 +340,142 @@ def test_the_flush_has_its_own_deadline(aws, directlink):
     assert late.delivery.sent == 0 and late.delivery.pending == len(late.events) > 0
     next_cycle = reconcile.run_cycle(runtime)
     assert next_cycle.delivery.sent == len(late.events) + len(next_cycle.events)
+
+
+# --- found by an independent review of this change ----------------------------------------------
+
+
+def client_as(directlink, account: str):
+    key, secret = scenario.KEYS[account]
+    return boto3.client(
+        "directconnect",
+        endpoint_url=directlink.url,
+        region_name="eu-west-2",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+
+
+def unavailable(api, operation: str) -> TargetError:
+    return TargetError(api.target.name, operation, "ServiceUnavailable", "try later", retryable=True)
+
+
+def test_a_confirm_known_not_to_have_happened_leaves_no_claim_to_credit_a_persons_confirm(aws, directlink, monkeypatch):
+    prod_app = directlink.world.vif_ids["prod-app"]
+
+    def refuse(api, vif_id, gateway_id):
+        raise unavailable(api, "confirm_private_virtual_interface")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DirectLinkApi, "confirm", refuse)
+        assert by_name(cycle(directlink))["prod-app"].action == "failed"
+    assert records().vifs[prod_app].claim is None, "read back as still confirming: the claim is given back"
+    ask = scenario.CONFIG.replace(
+        "    gateway: vgw-0a1b2c3d\n    action: confirm", "    gateway: vgw-0a1b2c3d\n    action: ask"
+    )
+    directlink.clock.advance(timedelta(minutes=1))
+    assert by_name(reconcile.run_cycle(runtime_for(directlink, ask)))["prod-app"].action == "ask"
+    client_as(directlink, scenario.PROD).confirm_private_virtual_interface(
+        virtualInterfaceId=prod_app, virtualGatewayId=scenario.PROD_GATEWAY
+    )  # a person, by hand
+    directlink.clock.advance(timedelta(days=2))
+    report = reconcile.run_cycle(runtime_for(directlink, ask))
+    assert by_name(report)["prod-app"].action == "none"
+    assert [e for e in of_type(report, "vif.confirmed") if e.subject == prod_app] == []
+
+
+def test_a_claim_that_never_reached_the_api_is_never_settled(aws, directlink, monkeypatch):
+    """Killed between the claim and the call: a later hand confirm is not the gatekeeper's."""
+    prod_app = directlink.world.vif_ids["prod-app"]
+    with monkeypatch.context() as patch:
+        kill_after_claim(patch)
+        killed_cycle(directlink)
+    client_as(directlink, scenario.PROD).confirm_private_virtual_interface(
+        virtualInterfaceId=prod_app, virtualGatewayId=scenario.PROD_GATEWAY
+    )
+    directlink.clock.advance(timedelta(minutes=1))
+    report = cycle(directlink)
+    assert by_name(report)["prod-app"].action == "none"
+    assert [e for e in of_type(report, "vif.confirmed") if e.subject == prod_app] == []
+
+
+def test_a_partners_withdrawal_is_not_recorded_as_our_reject(aws, directlink, monkeypatch):
+    config = scenario.CONFIG.replace("default_action: ask", "default_action: reject")
+    lab = directlink.world.vif_ids["lab-bench"]
+
+    def refuse(api, vif_id):
+        raise unavailable(api, "delete_virtual_interface")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DirectLinkApi, "reject", refuse)
+        assert by_name(reconcile.run_cycle(runtime_for(directlink, config)))["lab-bench"].action == "failed"
+    client_as(directlink, scenario.PARTNER).delete_virtual_interface(virtualInterfaceId=lab)  # withdrawn
+    directlink.clock.advance(timedelta(minutes=1))
+    report = reconcile.run_cycle(runtime_for(directlink, config))
+    assert by_name(report)["lab-bench"].action != "rejected"
+    assert [e for e in of_type(report, "vif.rejected") if e.subject == lab] == []
+    assert not records("osc-lab").vifs[lab].rejected_at
+
+
+def test_a_vif_that_cannot_be_read_is_not_announced_gone(aws, directlink, monkeypatch):
+    legacy = directlink.world.vif_ids["prod-legacy"]
+    cycle(directlink)
+    page = DirectLinkApi._page
+
+    def long_name(api, **params):
+        items, token = page(api, **params)
+        for item in items:
+            if item.get("virtualInterfaceId") == legacy:
+                item["virtualInterfaceName"] = "x" * 2000
+        return items, token
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DirectLinkApi, "_page", long_name)
+        directlink.clock.advance(timedelta(minutes=1))
+        report = cycle(directlink)
+    gone = [e for e in report.events if e.subject == legacy and e.type in ("vif.disappeared", "vif.expired")]
+    assert gone == [] and records().vifs[legacy].gone_at is None
+
+
+def test_a_vif_that_reappears_in_another_state_records_the_change(aws, directlink, monkeypatch):
+    legacy = directlink.world.vif_ids["prod-legacy"]
+    cycle(directlink)
+    with monkeypatch.context() as patch:
+        hide(patch, legacy)
+        directlink.clock.advance(timedelta(minutes=1))
+        cycle(directlink)
+    client_as(directlink, scenario.PROD).confirm_private_virtual_interface(
+        virtualInterfaceId=legacy, virtualGatewayId=scenario.PROD_GATEWAY
+    )
+    directlink.clock.advance(timedelta(minutes=5))
+    back = cycle(directlink)
+    changed = [e for e in of_type(back, "vif.state_changed") if e.subject == legacy]
+    assert [(e.data.from_state, e.data.to_state) for e in changed] == [("confirming", "available")]
+    assert records().vifs[legacy].state == "available"
+    with monkeypatch.context() as patch:
+        hide(patch, legacy)
+        directlink.clock.advance(timedelta(minutes=1))
+        again = cycle(directlink)
+    assert [e for e in of_type(again, "vif.expired") if e.subject == legacy] == []
+
+
+@pytest.mark.parametrize("state", ["down", "testing"])
+def test_a_confirm_killed_in_flight_is_recorded_when_aws_shows_the_vif_bgp_down(aws, directlink, monkeypatch, state):
+    prod_app = directlink.world.vif_ids["prod-app"]
+    with monkeypatch.context() as patch:
+        kill_in_flight(patch)
+        killed_cycle(directlink)
+    page = DirectLinkApi._page
+
+    def aws_state(api, **params):
+        items, token = page(api, **params)
+        for item in items:
+            if item.get("virtualInterfaceId") == prod_app:
+                item["virtualInterfaceState"] = state
+        return items, token
+
+    monkeypatch.setattr(DirectLinkApi, "_page", aws_state)
+    directlink.clock.advance(timedelta(minutes=1))
+    report = cycle(directlink)
+    assert [e.subject for e in of_type(report, "vif.confirmed")].count(prod_app) == 1
+    assert records().vifs[prod_app].confirmed_at

@@ -57,6 +57,8 @@ class Claim:
     verb: str | None = None  # confirm | reject (claims written before this field have none)
     gateway: str | None = None
     at: str | None = None
+    # Set right before the API call: only such a claim may have acted, and so may be settled later.
+    called_at: str | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Claim | None:
@@ -66,7 +68,7 @@ class Claim:
         by, until = text("claim_by"), text("claim_until")
         if by is None or until is None:
             return None
-        return cls(by, until, text("claim_verb"), text("claim_gateway"), text("claim_at"))
+        return cls(by, until, text("claim_verb"), text("claim_gateway"), text("claim_at"), text("claim_called_at"))
 
 
 @dataclass
@@ -163,12 +165,14 @@ class VifRecords(LedgerBase):
             ":now": {"S": iso(now)},
             ":verb": {"S": verb},
         }
-        update = "SET claim_by = :me, claim_until = :until, claim_at = :now, claim_verb = :verb"
+        sets = ["claim_by = :me", "claim_until = :until", "claim_at = :now", "claim_verb = :verb"]
+        removes = ["claim_called_at"]  # a new claim has made no call yet
         if gateway:
-            update += ", claim_gateway = :gateway"
+            sets.append("claim_gateway = :gateway")
             values[":gateway"] = {"S": gateway}
         else:
-            update += " REMOVE claim_gateway"
+            removes.append("claim_gateway")
+        update = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
         try:
             self.client.update_item(
                 TableName=self.table,
@@ -187,13 +191,30 @@ class VifRecords(LedgerBase):
                 raise
             raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
 
+    def mark_called(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
+        """Say, on the claim, that the API call is about to be made; ClaimLost if the claim is no longer ours."""
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
+                UpdateExpression="SET claim_called_at = :now",
+                ConditionExpression="claim_by = :me",
+                ExpressionAttributeValues={":me": {"S": claimant}, ":now": {"S": iso(now)}},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            old = _refused_item(exc)
+            if old is None:
+                raise
+            raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
+
     def release(self, target: str, vif_id: str, claimant: str) -> None:
         """Give a claim back after a definite failure, so the next cycle may try again."""
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
-                UpdateExpression="REMOVE claim_by, claim_until, claim_at, claim_verb, claim_gateway",
+                UpdateExpression="REMOVE claim_by, claim_until, claim_at, claim_verb, claim_gateway, claim_called_at",
                 ConditionExpression="claim_by = :me",
                 ExpressionAttributeValues={":me": {"S": claimant}},
             )
