@@ -186,10 +186,7 @@ class VifRecords(LedgerBase):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            old = _refused_item(exc)
-            if old is None:
-                raise
-            raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
+            raise _claim_lost(exc, vif_id) from None
 
     def mark_called(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
         """Say, on the claim, that the API call is about to be made; ClaimLost if the claim is no longer ours."""
@@ -203,10 +200,7 @@ class VifRecords(LedgerBase):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
-            old = _refused_item(exc)
-            if old is None:
-                raise
-            raise ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S")) from None
+            raise _claim_lost(exc, vif_id) from None
 
     def release(self, target: str, vif_id: str, claimant: str) -> None:
         """Give a claim back after a definite failure, so the next cycle may try again."""
@@ -221,3 +215,11 @@ class VifRecords(LedgerBase):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+
+def _claim_lost(exc: ClientError, vif_id: str) -> Exception:
+    """A claim write refused by its condition, as ClaimLost naming the holder; any other error as it was."""
+    old = _refused_item(exc)
+    if old is None:
+        return exc
+    return ClaimLost(vif_id, Claim.from_item(old), old.get("confirmed_at", {}).get("S"))
