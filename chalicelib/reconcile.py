@@ -357,7 +357,8 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
                 produced += sighting.emitted
         run.in_time("marking the target polled")
         since = iso(known.failing_since) if known.failing_since else None
-        produced += runtime.ledger.mark_polled(target.name, run.now(), since, _recovered(run))
+        recovered = _recovered(run) if run.publishing else None  # no queue: the spell ends without an event
+        produced += runtime.ledger.mark_polled(target.name, run.now(), since, recovered)
     return outcomes, produced
 
 

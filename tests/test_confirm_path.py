@@ -479,3 +479,15 @@ def test_a_confirm_killed_in_flight_is_recorded_when_aws_shows_the_vif_bgp_down(
     report = cycle(directlink)
     assert [e.subject for e in of_type(report, "vif.confirmed")].count(prod_app) == 1
     assert records().vifs[prod_app].confirmed_at
+
+
+def test_without_an_events_queue_ending_a_spell_writes_no_event(aws, directlink):
+    """The ledger still records the spell's end; no event is built where no queue will send it."""
+    ledger = Ledger(boto3.client("dynamodb"), TABLE)
+    since = directlink.clock.now() - timedelta(minutes=5)
+    ledger.mark_failing("osc-lab", since, lambda: _failed_event("osc-lab", since))
+    ledger.delete_events([item.sort_key for item in ledger.pending_events()])
+    settings = Settings(config_source="test", table_name=TABLE, max_workers=1)  # no events queue
+    report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
+    assert report.events == [] and ledger.pending_events() == []
+    assert records("osc-lab").failing_since is None

@@ -14,9 +14,9 @@ from .records import TARGET_ITEM
 
 class TargetStatus(LedgerBase):
     def mark_polled(
-        self, target: str, at: datetime, known_failing_since: str | None, recovered: Callable[[str], Any]
+        self, target: str, at: datetime, known_failing_since: str | None, recovered: Callable[[str], Any] | None
     ) -> list:
-        """The target answered: remember when, and end its failing spell with `recovered(since)`.
+        """The target answered: remember when, and end its failing spell with `recovered(since)` (if given).
 
         The write is conditional on the spell this poller saw; when another poller changed it in
         between, the old value comes back with the refusal (ReturnValuesOnConditionCheckFailure)
@@ -24,7 +24,7 @@ class TargetStatus(LedgerBase):
         """
         expected = known_failing_since
         for _ in range(5):
-            produced = [recovered(expected)] if expected else []
+            produced = [recovered(expected)] if expected and recovered else []
             values = {":at": {"S": iso(at)}}
             if expected:
                 values[":since"] = {"S": expected}
