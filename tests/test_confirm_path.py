@@ -53,6 +53,35 @@ def killed_cycle(directlink, runtime=None):
         reconcile.run_cycle(runtime or runtime_for(directlink))
 
 
+def client_as(directlink, account: str):
+    key, secret = scenario.KEYS[account]
+    return boto3.client(
+        "directconnect",
+        endpoint_url=directlink.url,
+        region_name="eu-west-2",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+    )
+
+
+def unavailable(api, operation: str) -> TargetError:
+    return TargetError(api.target.name, operation, "ServiceUnavailable", "try later", retryable=True)
+
+
+def answer_with(patch, vif_id: str, **fields) -> None:
+    """The API answers these fields for one VIF (as AWS or a partner's rename would), the rest as it is."""
+    page = DirectLinkApi._page
+
+    def changed(api, **params):
+        items, token = page(api, **params)
+        for item in items:
+            if item.get("virtualInterfaceId") == vif_id:
+                item.update(fields)
+        return items, token
+
+    patch.setattr(DirectLinkApi, "_page", changed)
+
+
 # --- a confirm that worked but was not recorded ---------------------------------------------------
 
 
@@ -225,14 +254,7 @@ def test_reject_rereads_the_vif_and_spares_one_a_person_confirmed_meanwhile(aws,
     lab_bench = directlink.world.vif_ids["lab-bench"]
     listed = DirectLinkApi.describe_virtual_interfaces
 
-    key, secret = scenario.KEYS[scenario.LAB]
-    person = boto3.client(
-        "directconnect",
-        endpoint_url=directlink.url,
-        region_name="eu-west-2",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
+    person = client_as(directlink, scenario.LAB)
 
     def list_then_a_person_confirms(api):
         vifs = listed(api)
@@ -345,21 +367,6 @@ def test_the_flush_has_its_own_deadline(aws, directlink):
 # --- found by an independent review of this change ----------------------------------------------
 
 
-def client_as(directlink, account: str):
-    key, secret = scenario.KEYS[account]
-    return boto3.client(
-        "directconnect",
-        endpoint_url=directlink.url,
-        region_name="eu-west-2",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-    )
-
-
-def unavailable(api, operation: str) -> TargetError:
-    return TargetError(api.target.name, operation, "ServiceUnavailable", "try later", retryable=True)
-
-
 def test_a_confirm_known_not_to_have_happened_leaves_no_claim_to_credit_a_persons_confirm(aws, directlink, monkeypatch):
     prod_app = directlink.world.vif_ids["prod-app"]
 
@@ -420,17 +427,8 @@ def test_a_partners_withdrawal_is_not_recorded_as_our_reject(aws, directlink, mo
 def test_a_vif_that_cannot_be_read_is_not_announced_gone(aws, directlink, monkeypatch):
     legacy = directlink.world.vif_ids["prod-legacy"]
     cycle(directlink)
-    page = DirectLinkApi._page
-
-    def long_name(api, **params):
-        items, token = page(api, **params)
-        for item in items:
-            if item.get("virtualInterfaceId") == legacy:
-                item["virtualInterfaceName"] = "x" * 2000
-        return items, token
-
     with monkeypatch.context() as patch:
-        patch.setattr(DirectLinkApi, "_page", long_name)
+        answer_with(patch, legacy, virtualInterfaceName="x" * 2000)
         directlink.clock.advance(timedelta(minutes=1))
         report = cycle(directlink)
     gone = [e for e in report.events if e.subject == legacy and e.type in ("vif.disappeared", "vif.expired")]
@@ -465,16 +463,7 @@ def test_a_confirm_killed_in_flight_is_recorded_when_aws_shows_the_vif_bgp_down(
     with monkeypatch.context() as patch:
         kill_in_flight(patch)
         killed_cycle(directlink)
-    page = DirectLinkApi._page
-
-    def aws_state(api, **params):
-        items, token = page(api, **params)
-        for item in items:
-            if item.get("virtualInterfaceId") == prod_app:
-                item["virtualInterfaceState"] = state
-        return items, token
-
-    monkeypatch.setattr(DirectLinkApi, "_page", aws_state)
+    answer_with(monkeypatch, prod_app, virtualInterfaceState=state)
     directlink.clock.advance(timedelta(minutes=1))
     report = cycle(directlink)
     assert [e.subject for e in of_type(report, "vif.confirmed")].count(prod_app) == 1
