@@ -48,23 +48,64 @@ class StateChanged(VifData):
     to_state: str = Field(alias="to")
 
 
-class Confirmed(VifData):
+Channel = Literal["slack", "mattermost", "link", "cli"]
+
+
+class Decided(_Model):
+    """Who decided, when people did: the approvers' config names, in voting order, and where they voted."""
+
+    approver: str | None = Field(default=None, description="the approvers' names joined by ', ' (by = approver)")
+    approvers: list[str] = Field(default_factory=list, description="config names of the approvers, in voting order")
+    channel: Channel | None = Field(default=None, description="where the deciding vote was cast")
+    request_id: str | None = Field(default=None, description="the approval request carried out")
+
+
+class Confirmed(VifData, Decided):
     by: Literal["rule", "approver"]
     rule: str | None = None
-    approver: str | None = None
     gateway: str
 
 
-class Rejected(VifData):
+class Rejected(VifData, Decided):
     by: Literal["rule", "default_action", "approver"]
     rule: str | None = None
-    approver: str | None = None
     reason: str
 
 
 class ApprovalRequested(VifData, DeadlineFields):
     reason: str
     rule: str | None = None
+    # Absent when nobody may approve from chat (no approvers configured): the ask is notify-only.
+    request_id: str | None = Field(default=None, description="the approval request people answer")
+    approvers: list[str] = Field(default_factory=list, description="config names of who may decide")
+    min_approvals: int | None = Field(default=None, description="distinct approvals needed to confirm")
+    gateways: list[str] = Field(default_factory=list, description="the gateways an approver may choose from")
+    expires_at: datetime | None = Field(default=None, description="when the request lapses (never after the deadline)")
+
+
+class ApprovalData(VifData):
+    request_id: str
+    approvals: list[str] = Field(description="config names of who approved so far")
+    min_approvals: int
+    status: Literal["pending", "approved", "rejected", "expired", "superseded"] = Field(
+        description="the request's status after this event"
+    )
+
+
+class ApprovalVote(ApprovalData):
+    approver: str = Field(description="config name of who voted")
+    user_id: str | None = Field(description="the chat user id behind the vote (Slack or Mattermost), if any")
+    channel: Channel
+    vote: Literal["approve", "reject"]
+    gateway: str | None = Field(description="the gateway chosen with an approve")
+
+
+class ApprovalExpired(ApprovalData, DeadlineFields):
+    expires_at: datetime
+
+
+class ApprovalSuperseded(ApprovalData):
+    why: str = Field(description="how the VIF left the request's hands, e.g. its state is now pending")
 
 
 class ExpiryWarning(VifData, DeadlineFields):
@@ -115,6 +156,9 @@ DATA_TYPES: dict[str, type[_Model]] = {
     "vif.confirmed": Confirmed,
     "vif.rejected": Rejected,
     "vif.approval_requested": ApprovalRequested,
+    "vif.approval_vote": ApprovalVote,
+    "vif.approval_expired": ApprovalExpired,
+    "vif.approval_superseded": ApprovalSuperseded,
     "vif.expiry_warning": ExpiryWarning,
     "vif.expired": Expired,
     "vif.disappeared": Disappeared,
