@@ -102,6 +102,8 @@ def _shown_value(value: Any) -> Any:
         return shown(value)
     if isinstance(value, dict):
         return {key: _shown_value(item) for key, item in value.items()}
+    if isinstance(value, list):  # approvers, approvals, gateways
+        return [_shown_value(item) for item in value]
     return value
 
 
@@ -241,17 +243,46 @@ def _state_changed(data: Any, now: datetime) -> _Parts:
     )
 
 
+CHANNELS = {"slack": "Slack", "mattermost": "Mattermost", "link": "a signed link", "cli": "the CLI"}
+
+
+def names(people: list[str] | tuple[str, ...]) -> str:
+    """`alice`, `alice and bob`, `alice, bob and carol`; past one value's length, `alice, bob and 7 more`."""
+    shown_ = list(people[:1])
+    for person in people[1:]:
+        if sum(map(len, shown_)) + len(person) > VALUE_MAX:
+            break
+        shown_.append(person)
+    rest = len(people) - len(shown_)
+    if rest:
+        return f"{', '.join(shown_)} and {rest} more"
+    return " and ".join(shown_) if len(shown_) <= 2 else f"{', '.join(shown_[:-1])} and {shown_[-1]}"
+
+
+def _approvers(data: Any) -> str | None:
+    """The people who decided, from the list when the event has one, else the joined `approver`."""
+    return names(data.approvers) if getattr(data, "approvers", None) else getattr(data, "approver", None)
+
+
 def _by(data: Any) -> str:
-    """Who decided: `rule partner-prod`, `the default action`, or the approver."""
+    """Who decided: `rule partner-prod`, `the default action`, or the approvers and where they voted."""
     if data.by == "rule":
         return f"rule {data.rule}" if data.rule else "a rule"
     if data.by == "approver":
-        return data.approver or "an approver"
+        via = f" via {CHANNELS[data.channel]}" if data.channel else ""
+        return (_approvers(data) or "an approver") + via
     return "the default action"
 
 
 def _deciders(data: Any) -> tuple[Field, ...]:
-    pairs = (("Rule", getattr(data, "rule", None)), ("Approver", getattr(data, "approver", None)))
+    several = len(getattr(data, "approvers", None) or ()) > 1
+    channel = getattr(data, "channel", None)
+    pairs = (
+        ("Rule", getattr(data, "rule", None)),
+        ("Approvers" if several else "Approver", _approvers(data)),
+        ("Voted via", CHANNELS[channel] if channel else None),
+        ("Request", getattr(data, "request_id", None)),
+    )
     return tuple((label, value) for label, value in pairs if value)
 
 
@@ -366,12 +397,86 @@ def _target_recovered(data: Any, now: datetime) -> _Parts:
     )
 
 
+def _count(approvals: int, needed: int) -> str:
+    """`1 of 2 approvals`."""
+    return f"{approvals} of {needed} approval{'' if needed == 1 else 's'}"
+
+
+def _so_far(data: Any, none: str = "") -> str:
+    """What the request had when it ended: ` (approved by alice, 1 of 2 approvals)`, or `none`."""
+    if not data.approvals:
+        return none
+    return f" (approved by {names(data.approvals)}, {_count(len(data.approvals), data.min_approvals)})"
+
+
+def _request_fields(data: Any) -> tuple[Field, ...]:
+    approvals = names(data.approvals) if data.approvals else "none"
+    return (
+        ("Approvals", f"{approvals} ({len(data.approvals)} of {data.min_approvals})"),
+        ("Request", data.request_id),
+    )
+
+
+def _approval_vote(data: Any, now: datetime) -> _Parts:
+    via = CHANNELS[data.channel]
+    done = len(data.approvals)
+    if data.vote == "reject":
+        return _Parts(
+            f"{data.approver} rejected VIF {_label(data)}",
+            f"VIF {_who(data)} was rejected by {data.approver} via {via}; deleting it now.",
+            "warning",
+            (("Rejected by", data.approver), ("Voted via", via), ("Request", data.request_id)),
+        )
+    if data.status == "approved":
+        gateway = f" with {data.gateway}" if data.gateway else ""
+        next_step = f"confirming it{gateway} now"
+    else:
+        missing = max(data.min_approvals - done, 1)
+        next_step = f"waiting for {missing} more"
+    fields = (*_request_fields(data), ("Voted via", via))
+    return _Parts(
+        f"{data.approver} approved VIF {_label(data)} ({done} of {data.min_approvals})",
+        f"VIF {_who(data)} was approved by {data.approver} via {via} ({_count(done, data.min_approvals)}); "
+        f"{next_step}.",
+        "success" if data.status == "approved" else "info",
+        fields + ((("Gateway", data.gateway),) if data.gateway else ()),
+    )
+
+
+def _approval_expired(data: Any, now: datetime) -> _Parts:
+    # The request never outlives the VIF's deadline; before that a person can still confirm in the console.
+    still = (
+        f" It can still be confirmed by hand: {_deadline_clause(data, now)}."
+        if data.deadline is not None and data.deadline > now
+        else ""
+    )
+    return _Parts(
+        f"Approval request expired: VIF {_label(data)}",
+        f"VIF {_who(data)} got no decision in time: its approval request expired at {at(data.expires_at)}"
+        f"{_so_far(data, ' with no approval')}.{still}",
+        "danger",
+        (("Request expired", at(data.expires_at)), *_request_fields(data), *_deadline_fields(data, now)),
+    )
+
+
+def _approval_superseded(data: Any, now: datetime) -> _Parts:
+    return _Parts(
+        f"Approval no longer needed: VIF {_label(data)}",
+        f"VIF {_who(data)} no longer needs an approval: {_sentence(data.why)}{_so_far(data)}.",
+        "info",
+        (("Why", _sentence(data.why)), *_request_fields(data)),
+    )
+
+
 _RENDERERS: dict[str, Callable[[Any, datetime], _Parts]] = {
     "vif.discovered": _discovered,
     "vif.state_changed": _state_changed,
     "vif.confirmed": _confirmed,
     "vif.rejected": _rejected,
     "vif.approval_requested": _approval_requested,
+    "vif.approval_vote": _approval_vote,
+    "vif.approval_expired": _approval_expired,
+    "vif.approval_superseded": _approval_superseded,
     "vif.expiry_warning": _expiry_warning,
     "vif.expired": _expired,
     "vif.disappeared": _disappeared,

@@ -59,6 +59,13 @@ MATTERMOST_POST = 16383  # runes in a post message; a longer webhook text is spl
 TEAMS_MESSAGE = 28 * 1024  # bytes of a Teams message, card included
 
 DEADLINE_DATA = {"deadline": DEADLINE, "deadline_certain": True, "first_seen_at": FIRST_SEEN}
+REQUEST = {"request_id": "apr-0123456789abcdef0123"}
+APPROVAL = {**REQUEST, "min_approvals": 2}
+
+
+def vote(value: str, how: str) -> dict[str, Any]:
+    """A vote cast by someone called `value` from a chat user called `value`."""
+    return {"approver": value, "user_id": value, "channel": "mattermost", "vote": how, "gateway": "vgw-12345678"}
 
 
 def hostile_events(value: str) -> list[Any]:
@@ -85,8 +92,23 @@ def hostile_events(value: str) -> list[Any]:
         vif("vif.discovered", state=value),
         vif("vif.state_changed", **{"from": value, "to": value}),
         vif("vif.confirmed", by="approver", approver=value, gateway="vgw-12345678"),
+        vif(
+            "vif.confirmed",
+            by="approver",
+            approver=value,
+            approvers=[value, value],
+            channel="slack",
+            gateway="vgw-1",
+            **REQUEST,
+        ),
         vif("vif.rejected", by="approver", approver=value, reason=value),
+        vif("vif.rejected", by="approver", approver=value, approvers=[value], channel="link", reason=value, **REQUEST),
         vif("vif.approval_requested", reason=value, rule=value, **DEADLINE_DATA),
+        vif("vif.approval_vote", **APPROVAL, approvals=[value], status="pending", **vote(value, "approve")),
+        vif("vif.approval_vote", **APPROVAL, approvals=[value, value], status="approved", **vote(value, "approve")),
+        vif("vif.approval_vote", **APPROVAL, approvals=[], status="rejected", **vote(value, "reject")),
+        vif("vif.approval_expired", **APPROVAL, approvals=[value], status="expired", expires_at=NOW, **DEADLINE_DATA),
+        vif("vif.approval_superseded", **APPROVAL, approvals=[value], status="superseded", why=value),
         vif("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **DEADLINE_DATA),
         vif("vif.expired", how="state", **DEADLINE_DATA),
         vif("vif.disappeared", last_state=value),

@@ -24,6 +24,9 @@ VIF_FIELDS = (
     ("Account", "111122223333"),
     ("Target", "osc-par (eu-west-2)"),
 )
+REQUEST_ID = "apr-0123456789abcdef0123"
+APPROVAL = {"request_id": REQUEST_ID, "min_approvals": 2}
+VOTE = {"approver": "alice", "user_id": "U024BE7LH", "channel": "slack", "vote": "approve", "gateway": "vgw-12345678"}
 CERTAIN = "expires at 2026-11-28 09:00 UTC (in 4d 4h)"
 UNCERTAIN = "first seen at 2026-11-21 09:00 UTC; it expires at the latest at 2026-11-28 09:00 UTC, possibly earlier"
 
@@ -116,6 +119,102 @@ CASES = [
         [f"It was {UNCERTAIN}."],
         [("Rule", "ask-prod"), ("Deadline", UNCERTAIN), ("Time left", "at most 4d 4h")],
         id="approval-uncertain",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.confirmed",
+            by="approver",
+            approver="alice, bob",
+            approvers=["alice", "bob"],
+            channel="slack",
+            request_id=REQUEST_ID,
+            gateway="vgw-12345678",
+        ),
+        "VIF confirmed: prod-par-1",
+        "success",
+        ["confirmed by alice and bob via Slack and attached to vgw-12345678"],
+        [("Approvers", "alice and bob"), ("Voted via", "Slack"), ("Request", REQUEST_ID)],
+        id="confirmed-two-approvers",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.rejected",
+            by="approver",
+            approver="bob",
+            approvers=["bob"],
+            channel="link",
+            request_id=REQUEST_ID,
+            reason="rejected by bob",
+        ),
+        "VIF rejected: prod-par-1",
+        "warning",
+        ["rejected by bob via a signed link: rejected by bob."],
+        [("Approver", "bob"), ("Voted via", "a signed link")],
+        id="rejected-approver",
+    ),
+    pytest.param(
+        vif_event("vif.approval_vote", **APPROVAL, approvals=["alice"], status="pending", **VOTE),
+        "alice approved VIF prod-par-1 (1 of 2)",
+        "info",
+        ["was approved by alice via Slack (1 of 2 approvals); waiting for 1 more."],
+        [("Approvals", "alice (1 of 2)"), ("Voted via", "Slack"), ("Gateway", "vgw-12345678")],
+        id="vote-first-of-two",
+    ),
+    pytest.param(
+        vif_event("vif.approval_vote", **APPROVAL, approvals=["alice", "bob"], status="approved", **VOTE),
+        "alice approved VIF prod-par-1 (2 of 2)",
+        "success",
+        ["(2 of 2 approvals); confirming it with vgw-12345678 now."],
+        [("Approvals", "alice and bob (2 of 2)"), ("Request", REQUEST_ID)],
+        id="vote-deciding",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.approval_vote",
+            **APPROVAL,
+            approvals=[],
+            status="rejected",
+            **{**VOTE, "approver": "bob", "vote": "reject", "gateway": None, "channel": "cli"},
+        ),
+        "bob rejected VIF prod-par-1",
+        "warning",
+        ["was rejected by bob via the CLI; deleting it now."],
+        [("Rejected by", "bob"), ("Voted via", "the CLI")],
+        id="vote-reject",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.approval_expired",
+            **APPROVAL,
+            approvals=["alice"],
+            status="expired",
+            expires_at=NOW - timedelta(minutes=1),
+            **deadline(True),
+        ),
+        "Approval request expired: VIF prod-par-1",
+        "danger",
+        [
+            "got no decision in time: its approval request expired at 2026-11-24 04:29 UTC "
+            "(approved by alice, 1 of 2 approvals).",
+            f"It can still be confirmed by hand: it {CERTAIN}.",
+        ],
+        [("Request expired", "2026-11-24 04:29 UTC"), ("Approvals", "alice (1 of 2)"), ("Time left", "4d 4h")],
+        id="approval-expired",
+    ),
+    pytest.param(
+        vif_event(
+            "vif.approval_superseded",
+            {"virtualInterfaceState": "pending"},
+            **APPROVAL,
+            approvals=[],
+            status="superseded",
+            why="its state is now pending.",
+        ),
+        "Approval no longer needed: VIF prod-par-1",
+        "info",
+        ["no longer needs an approval: its state is now pending."],
+        [("Why", "its state is now pending"), ("Approvals", "none (0 of 2)")],
+        id="approval-superseded",
     ),
     pytest.param(
         vif_event("vif.expiry_warning", threshold_hours=72, hours_left=100.5, **deadline(True)),
