@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -329,6 +330,28 @@ class Rule(_Doc):
     vif_name: str | None = Field(default=None, description="glob on the VIF name, e.g. 'prod-*'")
     gateway: GatewayId | None = None
     action: Literal["confirm", "ask", "reject"]
+    # Approvals: who may decide an `ask`, how many of them, and the gateways they may confirm with.
+    approvers: Annotated[list[Name], Field(min_length=1)] | None = Field(
+        default=None, description="approver or group names (see approvals) who may approve or reject"
+    )
+    min_approvals: Annotated[Int, Field(ge=1)] | None = Field(default=None, description="distinct approvals needed")
+    gateways: Annotated[list[GatewayId], Field(min_length=1)] | None = Field(
+        default=None, description="the gateways an approver may choose from (instead of one gateway)"
+    )
+
+    @model_validator(mode="after")
+    def _approvals_only_on_ask(self) -> Rule:
+        for field in ("approvers", "min_approvals", "gateways"):
+            if self.action != "ask" and getattr(self, field) is not None:
+                raise ValueError(f"{field}: only for action ask (this rule's action is {self.action})")
+        if self.gateway is not None and self.gateways is not None:
+            raise ValueError("gateways: give gateway (one) or gateways (a choice), not both")
+        if self.min_approvals is not None and self.approvers is None:
+            raise ValueError("min_approvals: needs approvers on the same rule (who gives the approvals)")
+        for i, gateway in enumerate(self.gateways or ()):
+            if gateway in (self.gateways or [])[:i]:
+                raise ValueError(f"gateways[{i}]: {gateway!r} is listed twice")
+        return self
 
     @model_validator(mode="after")
     def _confirm_is_bounded(self) -> Rule:
@@ -396,6 +419,122 @@ class Chat(_Doc):
         return self
 
 
+SlackUserId = Annotated[str, _pattern(r"[UW][A-Z0-9]{2,20}", "a Slack user id (U… or W…, capitals and digits)")]
+MattermostUserId = Annotated[str, _pattern(r"[a-z0-9]{26}", "a Mattermost user id (26 lowercase letters and digits)")]
+Email = Annotated[str, _pattern(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s.]{1,63}", "an e-mail address")]
+LINK_TTL_MIN = timedelta(minutes=1)
+LINK_TTL_MAX = timedelta(days=7)
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _link_ttl(value: Any) -> timedelta:
+    """A link lives long enough to be read on a phone, and never past a VIF's own 7 days."""
+    ttl = parse_duration(value)
+    if not LINK_TTL_MIN <= ttl <= LINK_TTL_MAX:
+        raise ValueError(f"{_short(value)} is outside 1m to 7d, the lifetimes a link may have")
+    return ttl
+
+
+def _base_url(value: Any) -> Any:
+    """Where people reach the approval routes: https (plain http only on this machine), no query, no fragment."""
+    if not isinstance(value, str):
+        return value  # pydantic names the wrong type
+    if len(value) > 2000 or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("is not a URL (too long, or it holds spaces or control characters)")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{_short(value)} is not a URL") from None
+    if parts.username is not None or parts.password is not None:
+        # A user or password in the URL is a credential: it would go into every link sent (not shown).
+        raise ValueError("must not hold a user or password (what was given is not shown)")
+    if parts.scheme not in ("https", "http") or not host:
+        raise ValueError(f"{_short(value)} is not an https:// URL")
+    if parts.scheme == "http" and host not in _LOCAL_HOSTS:
+        raise ValueError(
+            f"{_short(value)} is plain http: links are bearer credentials, so use https "
+            "(http only for localhost, 127.0.0.1 or [::1])"
+        )
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError(f"{_short(value)} has a query or fragment; give the base URL the routes are under")
+    return value.rstrip("/")
+
+
+class Approver(_Doc):
+    """A person who may approve or reject, and the chat user ids that act as them."""
+
+    name: Name
+    slack: SlackUserId | None = None
+    mattermost: MattermostUserId | None = None
+    email: Email | None = None
+
+
+class Approvals(_Doc):
+    """Who may decide an asked-about VIF, and the keys that make their decisions verifiable."""
+
+    approvers: list[Approver] = Field(min_length=1)
+    groups: dict[Name, list[Name]] = Field(default_factory=dict, description="group name -> approver names")
+    link_ttl: Annotated[timedelta, BeforeValidator(_link_ttl)] = timedelta(hours=24)
+    base_url: Annotated[str, BeforeValidator(_base_url)] | None = Field(
+        default=None, description="the public URL the approval routes are under (links and Mattermost actions)"
+    )
+    signing_key: SecretRef | None = Field(default=None, description="signs links and Mattermost actions")
+    slack_signing_secret: SecretRef | None = Field(default=None, description="verifies Slack's requests")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Approvals:
+        _unique("approvers", [a.name for a in self.approvers])
+        names = {a.name for a in self.approvers}
+        for kind in ("slack", "mattermost"):
+            owner: dict[str, str] = {}
+            for i, approver in enumerate(self.approvers):
+                user_id = getattr(approver, kind)
+                if user_id is None:
+                    continue
+                if user_id in owner:
+                    raise ValueError(f"approvers[{i}].{kind}: {user_id!r} is also {owner[user_id]}'s")
+                owner[user_id] = approver.name
+        for group, members in self.groups.items():
+            if group in names:
+                raise ValueError(f"groups.{group}: {group!r} is an approver's name; give the group another")
+            if not members:
+                raise ValueError(f"groups.{group}: a group needs at least one approver")
+            for i, member in enumerate(members):
+                if member not in names:
+                    raise ValueError(f"groups.{group}[{i}]: {member!r} is not an approver (groups hold approvers)")
+        if self.slack_signing_secret is None:
+            for i, approver in enumerate(self.approvers):
+                if approver.slack is not None:
+                    raise ValueError(
+                        f"slack_signing_secret: required, since approvers[{i}] ({approver.name}) has a slack id "
+                        "(it is how Slack's button clicks are verified)"
+                    )
+        return self
+
+    def approver(self, name: str) -> Approver | None:
+        return next((a for a in self.approvers if a.name == name), None)
+
+    def by_slack(self, user_id: str) -> Approver | None:
+        return next((a for a in self.approvers if a.slack is not None and a.slack == user_id), None)
+
+    def by_mattermost(self, user_id: str) -> Approver | None:
+        return next((a for a in self.approvers if a.mattermost is not None and a.mattermost == user_id), None)
+
+    def resolve(self, names: Iterable[str]) -> tuple[str, ...]:
+        """Approver names with groups expanded: unique, sorted. LookupError names an unknown name."""
+        resolved: set[str] = set()
+        for name in names:
+            if name in self.groups:
+                resolved.update(self.groups[name])
+            elif self.approver(name) is not None:
+                resolved.add(name)
+            else:
+                raise LookupError(f"{_short(name)} is neither an approver nor a group in approvals")
+        return tuple(sorted(resolved))
+
+
 def _default_alerts() -> list[timedelta]:
     return [timedelta(hours=72), timedelta(hours=24), timedelta(hours=4)]
 
@@ -407,6 +546,11 @@ class Policy(_Doc):
     expiry_alerts: list[ExpiryAlert] = Field(default_factory=_default_alerts)
     stuck_pending_after: Duration = timedelta(minutes=30)
     chat: Chat = Field(default_factory=Chat)
+    approvals: Approvals | None = None
+    default_approvers: Annotated[list[Name], Field(min_length=1)] | None = Field(
+        default=None, description="who may decide a VIF no rule matches (with default_action: ask)"
+    )
+    default_min_approvals: Annotated[Int, Field(ge=1)] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -417,6 +561,41 @@ class Policy(_Doc):
             for name in rule.targets or ():
                 if name not in known:
                     raise ValueError(f"rules[{i}].targets: {name!r} is not a target of this document")
+        for field in ("default_approvers", "default_min_approvals"):
+            if getattr(self, field) is not None and self.default_action != "ask":
+                raise ValueError(
+                    f"{field}: only with default_action: ask (it is {self.default_action}, which asks nobody)"
+                )
+        if self.default_min_approvals is not None and self.default_approvers is None:
+            raise ValueError("default_min_approvals: needs default_approvers (who gives the approvals)")
+        asking = [(f"rules[{i}]", r.approvers, r.min_approvals) for i, r in enumerate(self.rules) if r.approvers]
+        if self.default_approvers:
+            asking.append(("default", self.default_approvers, self.default_min_approvals))
+        for where, names, needed in asking:
+            field, count = (
+                (f"{where}.approvers", f"{where}.min_approvals")
+                if where != "default"
+                else (
+                    "default_approvers",
+                    "default_min_approvals",
+                )
+            )
+            if self.approvals is None:
+                raise ValueError(f"{field}: needs an approvals section (approvers, signing_key) naming who they are")
+            if self.approvals.signing_key is None:
+                raise ValueError(
+                    f"approvals.signing_key: required, since {field} names approvers "
+                    "(it signs their links and Mattermost buttons)"
+                )
+            try:
+                resolved = self.approvals.resolve(names)
+            except LookupError as exc:
+                raise ValueError(f"{field}: {exc}") from None
+            if needed is not None and needed > len(resolved):
+                raise ValueError(
+                    f"{count}: {_short(needed)} is more than the {len(resolved)} approver(s) named "
+                    f"({', '.join(resolved)}), so it could never be reached"
+                )
         return self
 
     def target(self, name: str) -> Target:
@@ -631,11 +810,11 @@ def _validate(document: Any, source: str) -> Policy:
         raise ConfigError(source, list(dict.fromkeys(problems))) from None
 
 
-_SECRET_FIELDS = {"chat", "credentials", "url", "token", "signing_secret"}
+_SECRET_FIELDS = {"chat", "credentials", "url", "token", "signing_secret", "signing_key", "slack_signing_secret"}
 # Every field name of the document: a path under a secret field prints these, never a key someone wrote.
 _FIELD_NAMES = {
     name
-    for model in (Policy, Target, Credentials, Rule, VlanRange, Chat, Destination, SecretRef)
+    for model in (Policy, Target, Credentials, Rule, VlanRange, Chat, Destination, SecretRef, Approvals, Approver)
     for name in model.model_fields
 }
 
@@ -689,7 +868,13 @@ def _describe(error: Mapping[str, Any]) -> str:
         if error["type"] not in ("value_error", "missing") and "input" in error and not _may_be_secret(loc):
             message += f" (got {_short(error['input'])})"
     message = _clip(message, 400)
-    # Errors raised by a model validator carry their own path inside the message.
+    # Errors raised by a model validator carry their own path inside the message: in full, or below
+    # the model (`approvers: only for action ask` under rules[1] reads `rules[1].approvers: ...`).
     if message.startswith(("rules[", "targets[", "chat.")) or not path:
         return message
+    if error["type"] == "value_error" and (below := _BELOW.match(message)) and below[1] in _FIELD_NAMES:
+        return f"{path}.{message}"
     return f"{path}: {message}"
+
+
+_BELOW = re.compile(r"([a-z_]+)(?:\[\d+\]|\.[A-Za-z0-9_.-]+)*: ")

@@ -29,8 +29,13 @@ class Confirm(Decision):
 
 @dataclass(frozen=True)
 class Ask(Decision):
+    """A person decides. With approvers, the cycle opens an approval request; without, it only notifies."""
+
     action: ClassVar[str] = "ask"
     rule: str | None = None
+    approvers: tuple[str, ...] = ()  # approver names, groups expanded; empty: notify-only
+    min_approvals: int = 1
+    gateways: tuple[str, ...] | None = None  # None: the account's gateways that are available
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,12 @@ def decide(
     if rule.action == "reject":
         return Reject(rule=rule.name, reason=f"rule {rule.name} rejects it")
     if rule.action == "ask":
-        return Ask(rule=rule.name, reason=f"rule {rule.name} asks a person to decide")
+        return _ask(rule, policy)
 
+    # A confirm rule that cannot confirm this cycle falls back to a notify-only Ask (no approvers): it
+    # trusts one exact gateway and names nobody. Someone must first create or repair that gateway; once it
+    # is available the rule confirms by itself, and an approval meanwhile could only pick a gateway the
+    # rule does not trust, or race the rule's own confirm.
     gateway_id = rule.gateway
     assert gateway_id is not None  # the policy's validation: a confirm rule names its gateway
     if gateways is None:  # the lookup failed: never confirm blind
@@ -144,4 +153,19 @@ def _default(vif: VirtualInterface, policy: Policy, target: Target | None) -> De
         case "reject":
             return Reject(reason=f"{why}; default_action is reject")
         case _:
-            return Ask(reason=why)
+            approvers = policy.approvals.resolve(policy.default_approvers or ()) if policy.approvals else ()
+            return Ask(reason=why, approvers=approvers, min_approvals=policy.default_min_approvals or 1)
+
+
+def _ask(rule: Rule, policy: Policy) -> Ask:
+    """An ask rule's decision: who may decide (groups expanded), how many of them, and with which gateways."""
+    # Validation guarantees an approvals section whose names resolve whenever a rule names approvers.
+    approvers = policy.approvals.resolve(rule.approvers or ()) if policy.approvals else ()
+    gateways = (rule.gateway,) if rule.gateway else tuple(rule.gateways) if rule.gateways else None
+    return Ask(
+        rule=rule.name,
+        reason=f"rule {rule.name} asks a person to decide",
+        approvers=approvers,
+        min_approvals=rule.min_approvals or 1,
+        gateways=gateways,
+    )
