@@ -2,7 +2,7 @@
 
 import os
 
-from chalice import Chalice, ConvertToMiddleware, Rate
+from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
 from chalicelib import reconcile, runtime
 from chalicelib.config import ConfigError
@@ -43,6 +43,49 @@ def notify_chat(event):
     return notify.handle_batch(event.to_dict(), event.context, runtime.get())
 
 
+def _answer(answer) -> Response:
+    return Response(body=answer.body, status_code=answer.status, headers=dict(answer.headers))
+
+
+def _incoming():
+    from chalicelib.approvals.web import Incoming
+
+    request = app.current_request
+    return Incoming(headers=dict(request.headers), body=request.raw_body or b"")
+
+
+# The approval routes: verify, record the vote, trigger the poller for that target, answer.
+# chalicelib.approvals.web is imported per route so the poll and notify functions never load it.
+@app.route("/approvals/slack", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
+def approvals_slack():
+    from chalicelib.approvals import web
+
+    return _answer(web.slack_action(_incoming(), runtime.get))
+
+
+@app.route("/approvals/mattermost", methods=["POST"], content_types=["application/json"])
+def approvals_mattermost():
+    from chalicelib.approvals import web
+
+    return _answer(web.mattermost_action(_incoming(), runtime.get))
+
+
+@app.route("/approvals/link/{token}", methods=["GET"])
+def approvals_link_page(token):
+    from chalicelib.approvals import web
+
+    return _answer(web.link_page(token, runtime.get))
+
+
+@app.route("/approvals/link/{token}", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
+def approvals_link_vote(token):
+    from chalicelib.approvals import web
+
+    return _answer(web.link_vote(token, _incoming(), runtime.get))
+
+
 @app.route("/health")
 def health():
-    return {"ok": True}
+    from chalicelib.approvals import web
+
+    return _answer(web.health(runtime.get))
