@@ -441,15 +441,15 @@ def _base_url(value: Any) -> Any:
         return value  # pydantic names the wrong type
     if len(value) > 2000 or any(c.isspace() or not c.isprintable() for c in value):
         raise ValueError("is not a URL (too long, or it holds spaces or control characters)")
+    if "@" in value:
+        # A user or password in the URL is a credential that would go into every link sent: not echoed.
+        raise ValueError("must not hold '@' (a user or password in the URL); what was given is not shown")
     try:
         parts = urlsplit(value)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a port that is not a number
     except ValueError:
         raise ValueError(f"{_short(value)} is not a URL") from None
-    if parts.username is not None or parts.password is not None:
-        # A user or password in the URL is a credential: it would go into every link sent (not shown).
-        raise ValueError("must not hold a user or password (what was given is not shown)")
     if parts.scheme not in ("https", "http") or not host:
         raise ValueError(f"{_short(value)} is not an https:// URL")
     if parts.scheme == "http" and host not in _LOCAL_HOSTS:
