@@ -184,3 +184,112 @@ def test_unknown_fields_and_nulls_from_either_cloud_parse():
     # AWS repeats the key inside customerRouterConfig once the VIF is up; that field is not kept.
     aws = vif(state="available", customerRouterConfig="neighbor 169.254.0.1 password bgp-secret")
     assert "bgp-secret" not in json.dumps(aws.snapshot()) + repr(aws)
+
+
+# Approvals: who may decide an ask, how many of them must approve, and the gateways they may choose.
+NETOPS = ("alice", "bob")
+APPROVING = parse_policy(f"""
+targets:
+  - {{name: osc-prod, provider: outscale, region: eu-west-2, account_id: "{PROD}", credentials: {{profile: p}}}}
+rules:
+  - {{name: partner-prod, accounts: ["{PROD}"], connections: [dxcon-fg5678gh], vlan: {{min: 100, max: 199}},
+     gateway: vgw-12345678, action: confirm}}
+  - {{name: prod-two-person, accounts: ["{PROD}"], vlan: {{min: 200, max: 299}}, action: ask,
+     approvers: [netops, carol], min_approvals: 2, gateways: [vgw-12345678, vgw-87654321]}}
+  - {{name: prod-one-gateway, accounts: ["{PROD}"], vlan: {{min: 300, max: 399}}, action: ask,
+     approvers: [bob], gateway: vgw-87654321}}
+  - {{name: prod-notify, accounts: ["{PROD}"], vlan: {{min: 400, max: 499}}, action: ask, gateways: [vgw-87654321]}}
+  - {{name: staging-ask, accounts: ["{STAGING}"], action: ask, approvers: [carol, netops]}}
+default_action: ask
+default_approvers: [netops]
+default_min_approvals: 2
+approvals:
+  approvers: [{{name: alice}}, {{name: bob}}, {{name: carol}}]
+  groups: {{netops: [bob, alice]}}
+  signing_key: {{secret_id: vifgate/approvals}}
+""")
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (
+            vif(vlan=250),
+            Ask(
+                rule="prod-two-person",
+                reason="rule prod-two-person asks a person to decide",
+                approvers=("alice", "bob", "carol"),
+                min_approvals=2,
+                gateways=("vgw-12345678", "vgw-87654321"),
+            ),
+        ),
+        (
+            vif(vlan=350),
+            Ask(
+                rule="prod-one-gateway",
+                reason="rule prod-one-gateway asks a person to decide",
+                approvers=("bob",),
+                gateways=("vgw-87654321",),
+            ),
+        ),
+        # An ask rule without approvers stays notify-only, as before approvals existed.
+        (
+            vif(vlan=450),
+            Ask(rule="prod-notify", reason="rule prod-notify asks a person to decide", gateways=("vgw-87654321",)),
+        ),
+        # No gateway named: None, the account's available gateways (reconcile fills them in).
+        (
+            vif(owner=STAGING),
+            Ask(
+                rule="staging-ask",
+                reason="rule staging-ask asks a person to decide",
+                approvers=("alice", "bob", "carol"),
+                min_approvals=1,
+                gateways=None,
+            ),
+        ),
+        # No rule matches: default_approvers and default_min_approvals.
+        (
+            vif(owner=STRANGER),
+            Ask(reason=f"no rule matches account {STRANGER}", approvers=NETOPS, min_approvals=2),
+        ),
+        (
+            vif(vlan=600),
+            Ask(reason="vlan 600 is outside 100-199 of rule partner-prod", approvers=NETOPS, min_approvals=2),
+        ),
+        (vif(vlan=150), Confirm(rule="partner-prod", gateway="vgw-12345678", reason=CONFIRM.reason)),
+    ],
+    ids=["two-person", "one-gateway", "notify-only", "any-gateway", "default", "near-miss", "confirm"],
+)
+def test_ask_names_who_decides(case, expected):
+    assert decide(case, AVAILABLE, APPROVING) == expected
+
+
+@pytest.mark.parametrize(
+    "gateways",
+    [
+        None,
+        {},
+        {"vgw-12345678": VirtualGateway(virtualGatewayId="vgw-12345678", virtualGatewayState="pending")},
+    ],
+    ids=["unlisted", "missing", "pending"],
+)
+def test_a_confirm_rule_that_cannot_confirm_asks_nobody(gateways):
+    decision = decide(vif(vlan=150), gateways, APPROVING)
+    assert isinstance(decision, Ask) and decision.rule == "partner-prod"
+    # Notify-only, even though default_approvers exist: the rule trusts one gateway and names nobody.
+    assert (decision.approvers, decision.min_approvals, decision.gateways) == ((), 1, None)
+
+
+def test_default_ask_without_default_approvers_is_notify_only():
+    policy = APPROVING.model_copy(update={"default_approvers": None, "default_min_approvals": None})
+    assert decide(vif(owner=STRANGER), AVAILABLE, policy) == Ask(reason=f"no rule matches account {STRANGER}")
+
+
+def test_an_ask_rule_decides_the_same_whatever_the_gateways_answer():
+    # Who may approve is the policy's word alone: the gateway lookup failing or empty changes nothing.
+    expected = decide(vif(vlan=250), AVAILABLE, APPROVING)
+    assert decide(vif(vlan=250), None, APPROVING) == expected == decide(vif(vlan=250), {}, APPROVING)
+    assert decide(vif(vlan=250, state="available"), AVAILABLE, APPROVING) == NoAction(
+        reason="state is available, not confirming"
+    )
