@@ -193,6 +193,10 @@ class Runtime:
                 self._queue_urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
             return self._queue_urls[name]
 
+    def secret(self, ref: SecretRef) -> str:
+        """A secret's value through this runtime's resolver (cached while warm by resolve_secret)."""
+        return self._resolve(ref)
+
     @property
     def notifier(self):
         """Chat destinations from the policy; rebuilt when the document's chat section changes."""
