@@ -1,0 +1,51 @@
+"""Fixtures the approvals tests share: a signing key, a clock-free request factory, a moto-backed ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+
+from chalicelib.approvals import model
+from chalicelib.ledger import Ledger
+from tests.conftest import TABLE
+
+SIGNING_KEY = "k" * 16 + "0123456789abcdef-test-only"  # 42 characters: long enough for tokens.WeakKey
+T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+def make_request(
+    *,
+    approvers: tuple[str, ...] = ("alice", "bob", "carol"),
+    min_approvals: int = 1,
+    gateways: tuple[str, ...] = ("vgw-11111111",),
+    now: datetime = T0,
+    deadline: datetime | None = None,
+    target: str = "prod",
+    vif_id: str = "dxvif-ffab0001",
+) -> model.ApprovalRequest:
+    """A pending request created at `now`; its deadline defaults to two days later."""
+    deadline = deadline or now + timedelta(days=2)
+    return model.new_request(
+        target=target,
+        vif_id=vif_id,
+        spell=model._iso(now),
+        now=now,
+        deadline=model._iso(deadline),
+        gateways=gateways,
+        approvers=approvers,
+        min_approvals=min_approvals,
+        rule="partner-ask",
+    )
+
+
+@pytest.fixture
+def signing_key() -> str:
+    return SIGNING_KEY
+
+
+@pytest.fixture
+def ledger(aws) -> Ledger:
+    """The provisioned moto table behind a Ledger."""
+    return Ledger(boto3.client("dynamodb"), TABLE)
