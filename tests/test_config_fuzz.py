@@ -21,11 +21,14 @@ FIELDS = [
     "role_arn", "endpoint_url", "accounts", "connections", "any_connection", "vlan", "min", "max", "asn",
     "vif_name", "gateway", "action", "default_action", "expiry_alerts", "stuck_pending_after", "chat",
     "destinations", "kind", "url", "token", "channel", "signing_secret", "parameter", "key", "events",
+    "approvals", "approvers", "groups", "link_ttl", "base_url", "signing_key", "slack_signing_secret", "slack",
+    "mattermost", "email", "min_approvals", "gateways", "default_approvers", "default_min_approvals",
 ]  # fmt: skip
 SCALARS = [
     "aws", "outscale", "eu-west-2", "111122223333", "012345670123", "vgw-12345678", "dxcon-fg5678gh", "confirm",
     "ask", "slack", "webhook", "72h", "PT72H", "P1DT12H", "7d", "8d", "0h", "99999999999999999999d", "1:30",
     "0100", "0x64", "0b101", "1_000", "yes", "on", "~", "", "*", "2024-13-45",
+    "alice", "netops", "U012ABCDEF", "W0B0B", "a" * 26, "https://gk.example/", "http://localhost:8000", "1m",
 ]  # fmt: skip
 # Pieces of YAML syntax, so random text reaches the composer and constructors, not only the scanner.
 TOKENS = [
@@ -105,13 +108,42 @@ PLACES = [
     "chat.destinations.0.url",
     "chat.destinations.0.token",
     "chat.destinations.0.signing_secret",
+    "rules.1",
+    "rules.1.approvers",
+    "rules.1.min_approvals",
+    "rules.1.gateways",
+    "default_approvers",
+    "default_min_approvals",
+    "approvals",
+    "approvals.approvers",
+    "approvals.approvers.0",
+    "approvals.approvers.0.slack",
+    "approvals.approvers.1.mattermost",
+    "approvals.groups",
+    "approvals.groups.netops",
+    "approvals.link_ttl",
+    "approvals.base_url",
+    "approvals.signing_key",
+    "approvals.slack_signing_secret",
 ]
+APPROVALS = {
+    "approvers": [{"name": "alice", "slack": "U012ABCDEF"}, {"name": "bob", "mattermost": "a" * 26}],
+    "groups": {"netops": ["alice", "bob"]},
+    "link_ttl": "1h",
+    "base_url": "https://gk.example/",
+    "signing_key": {"secret_id": "vifgate/approvals"},
+    "slack_signing_secret": {"parameter": "/vifgate/slack"},
+}
+ASK = {"name": "ask", "accounts": ["444455556666"], "action": "ask", "approvers": ["netops"], "min_approvals": 2}
 
 
 def good_with(place: str, value):
-    """GOOD (plus a chat destination) with `value` put at `place`."""
+    """GOOD (plus a chat destination, an approvals section and an ask rule) with `value` put at `place`."""
     doc = json.loads(json.dumps(GOOD))
     doc["chat"] = {"destinations": [{"name": "n", "kind": "teams", "url": {"secret_id": "vifgate/chat"}}]}
+    doc["approvals"] = json.loads(json.dumps(APPROVALS))
+    doc["rules"].append(dict(ASK))
+    doc["default_approvers"] = ["alice"]
     if not place:
         return value
     *parents, last = [int(p) if p.isdigit() else p for p in place.split(".")]
@@ -181,7 +213,15 @@ SECRET_PLACES = [
     "chat.destinations.0.url",
     "chat.destinations.0.token",
     "chat.destinations.0.signing_secret",
+    "approvals.signing_key",
+    "approvals.slack_signing_secret",
 ]
+
+
+def test_the_document_fuzzed_is_good_as_it_stands():
+    """Each place changes one field of a valid document, so the fuzz reaches past the first error."""
+    policy = config.validate_policy(good_with("targets", GOOD["targets"]))
+    assert policy.approvals is not None and policy.rules[1].approvers == ["netops"]
 
 
 @FUZZ
@@ -196,3 +236,11 @@ def test_what_is_pasted_where_secrets_belong_is_never_echoed(place, value):
 def test_soup_alphabet_is_printable_enough():
     """The soup must reach past the scanner: most of its tokens are ordinary YAML."""
     assert sum(t.strip(string.punctuation + " \n") != "" for t in TOKENS) > len(TOKENS) / 2
+
+
+@FUZZ
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_a_base_url_holding_a_password_is_never_echoed(before, after):
+    document = good_with("approvals.base_url", f"{before}https://admin:{SECRET}@{after}")
+    result = outcome(config.validate_policy, document, "fuzz")
+    assert isinstance(result, ConfigError) and SECRET not in str(result)
