@@ -46,9 +46,9 @@ class LedgerBase:
         self.client = client
         self.table = table
 
-    def _write(self, update: dict[str, Any], events: Iterable) -> None:
-        """One update, plus its events in the outbox, all or nothing."""
-        puts = [{"Put": {"TableName": self.table, "Item": _outbox_item(e)}} for e in events]
+    def _write(self, update: dict[str, Any], events: Iterable, *, extra: Iterable[dict[str, Any]] = ()) -> None:
+        """One update, plus its events in the outbox (and `extra` transaction items), all or nothing."""
+        puts = [*extra, *({"Put": {"TableName": self.table, "Item": _outbox_item(e)}} for e in events)]
         if not puts:
             self.client.update_item(**update)
             return

@@ -9,11 +9,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from ..approvals.model import ApprovalRequest
 from .base import LedgerBase, _de, _plain, _refused_item, _ser, iso, parse_iso
 
 EXPIRY = timedelta(days=7)
 CLAIM_TTL = timedelta(minutes=5)
 TARGET_ITEM = "#target"
+APPROVAL_ITEM = "#approval"  # pointer items: target = "#approval", vif_id = the request id
+_NOT_SAVED = ("target", "vif_id", "claim", "approval")
 
 
 @dataclass
@@ -40,12 +43,23 @@ class VifRecord:
     seen_since: str | None = None
     # Written only by claim()/release(), never by save(): a poller's copy must not overwrite another's.
     claim: Claim | None = field(default=None, compare=False)
+    # Written only by save(approval=) (once) and update_approval() (conditional on approval_version).
+    approval: ApprovalRequest | None = field(default=None, compare=False)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> VifRecord:
-        names = {f.name for f in fields(cls)} - {"claim"}
+        names = {f.name for f in fields(cls)} - set(_NOT_SAVED[2:])
         values = {k: _plain(_de.deserialize(v)) for k, v in item.items() if k in names}
-        return cls(**values, claim=Claim.from_item(item))
+        return cls(**values, claim=Claim.from_item(item), approval=approval_from_item(item))
+
+
+def approval_from_item(item: dict[str, Any]) -> ApprovalRequest | None:
+    """The approval request a VIF item holds (its `approval` map and `approval_version`), if any."""
+    stored = item.get("approval")
+    if not stored or "M" not in stored:
+        return None
+    version = int(item.get("approval_version", {}).get("N", "0"))
+    return ApprovalRequest.from_item(_plain(_de.deserialize(stored)), version)
 
 
 @dataclass(frozen=True)
@@ -125,23 +139,53 @@ class VifRecords(LedgerBase):
                 )
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def save(self, record: VifRecord, events: Iterable = ()) -> None:
+    def save(self, record: VifRecord, events: Iterable = (), *, approval: ApprovalRequest | None = None) -> None:
         """Write what was observed and decided, and its events, in one transaction.
 
         An update, not a put: a poller holding an older copy must not erase another poller's
         claim or its confirmed_at. None is written as NULL except confirmed_at, which is set once.
+        With `approval`, the VIF's approval request is created in the same transaction (once: a
+        request already there, and its votes, are kept), with its pointer item.
         """
-        names = [f.name for f in fields(record) if f.name not in ("target", "vif_id", "claim")]
+        names = [f.name for f in fields(record) if f.name not in _NOT_SAVED]
         # Set once, never unset: an older copy must not erase that the VIF was confirmed or rejected.
         names = [n for n in names if not (n in ("confirmed_at", "rejected_at") and getattr(record, n) is None)]
+        sets = [f"#{n} = :{n}" for n in names]
+        values = {f":{n}": _ser.serialize(getattr(record, n)) for n in names}
+        if approval is not None:
+            if (approval.target, approval.vif_id) != (record.target, record.vif_id):
+                raise ValueError(f"approval request {approval.request_id} is not for {record.target}/{record.vif_id}")
+            sets += [
+                "approval = if_not_exists(approval, :approval)",
+                "approval_version = if_not_exists(approval_version, :zero)",
+            ]
+            values |= {":approval": _ser.serialize(approval.to_item()), ":zero": {"N": "0"}}
         update = {
             "TableName": self.table,
             "Key": {"target": {"S": record.target}, "vif_id": {"S": record.vif_id}},
-            "UpdateExpression": "SET " + ", ".join(f"#{n} = :{n}" for n in names),
+            "UpdateExpression": "SET " + ", ".join(sets),
             "ExpressionAttributeNames": {f"#{n}": n for n in names},
-            "ExpressionAttributeValues": {f":{n}": _ser.serialize(getattr(record, n)) for n in names},
+            "ExpressionAttributeValues": values,
         }
-        self._write(update, events)
+        if approval is None:
+            self._write(update, events)
+            return
+        # An update, not a put: a pointer already there keeps the status that votes gave its request.
+        pointer = {
+            "TableName": self.table,
+            "Key": {"target": {"S": APPROVAL_ITEM}, "vif_id": {"S": approval.request_id}},
+            "UpdateExpression": (
+                "SET vif_target = :target, vif = :vif, created_at = if_not_exists(created_at, :created), "
+                "request_status = if_not_exists(request_status, :status)"
+            ),
+            "ExpressionAttributeValues": {
+                ":target": {"S": approval.target},
+                ":vif": {"S": approval.vif_id},
+                ":created": {"S": approval.created_at},
+                ":status": {"S": approval.status},
+            },
+        }
+        self._write(update, events, extra=[{"Update": pointer}])
 
     def claim(
         self,

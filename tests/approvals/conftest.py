@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from chalicelib.approvals import model
-from chalicelib.ledger import Ledger
+from chalicelib.ledger import Ledger, VifRecord
 from tests.conftest import TABLE
 
 SIGNING_KEY = "k" * 16 + "0123456789abcdef-test-only"  # 42 characters: long enough for tokens.WeakKey
@@ -38,6 +38,32 @@ def make_request(
         min_approvals=min_approvals,
         rule="partner-ask",
     )
+
+
+def make_record(request: model.ApprovalRequest, *, state: str = "confirming", **fields) -> VifRecord:
+    """The VIF record an approval request belongs to, as the cycle would have saved it."""
+    values = {
+        "target": request.target,
+        "vif_id": request.vif_id,
+        "first_seen_at": request.created_at,
+        "state": state,
+        "state_since": request.created_at,
+        "deadline": request.expires_at,
+        "deadline_certain": True,
+        "last_decision": "ask",
+        "approval_requested_at": request.created_at,
+        "seen_since": request.created_at,
+        "snapshot": {
+            "virtualInterfaceId": request.vif_id,
+            "virtualInterfaceName": "partner-prod-120",
+            "ownerAccount": "111122223333",
+            "connectionId": "dxcon-ffab0001",
+            "vlan": 120,
+            "asn": 65010,
+            "virtualInterfaceState": state,
+        },
+    } | fields
+    return VifRecord(**values)
 
 
 @pytest.fixture
