@@ -847,6 +847,8 @@ def _path(loc: tuple) -> str:
 def _describe(error: Mapping[str, Any]) -> str:
     """One pydantic error as `rules[2].gateway: <what is wrong>`."""
     loc = tuple(error["loc"])
+    if loc[-1:] == ("[key]",):  # a mapping's key is wrong (a group's name): the message shows it, the path ends above
+        loc = loc[:-2]
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         # The last part is a key someone wrote. A misspelt field is worth showing; a URL or an access key

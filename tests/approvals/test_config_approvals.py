@@ -368,6 +368,11 @@ def _ttl_help(shown: str) -> str:
             "approvals.groups.everyone[0]: 'netops' is not an approver (groups hold approvers)",
         ),
         ([("approvals.groups.netops", [])], "approvals.groups.netops: a group needs at least one approver"),
+        (
+            [("approvals.groups", {"net ops": ["alice"]})],
+            "approvals.groups: 'net ops' is not a name (letters, digits, . _ -)",
+        ),
+        ([("approvals.groups.netops", "alice")], "approvals.groups.netops: Input should be a valid list (got 'alice')"),
         # link_ttl
         ([("approvals.link_ttl", "30s")], _ttl_help("'30s'")),
         ([("approvals.link_ttl", 59)], _ttl_help("59")),
