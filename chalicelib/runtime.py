@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
 from .config import Chat, ConfigError, Policy, SecretRef, parse_policy
 from .directlink import CLIENT_CONFIG, DirectLinkClients
 from .ledger import Ledger
+
+if TYPE_CHECKING:
+    from .approvals.trigger import Trigger
 
 SSM_PREFIX = "ssm:"
 SECRET_MAX_AGE = 300  # seconds a chat secret is cached in a warm Lambda
@@ -53,6 +56,7 @@ class Settings:
     max_workers: int = 8
     events_queue: str | None = None
     dead_letter_queue: str | None = None
+    poll_function: str | None = None  # the poll function an approval's vote invokes (the API function only)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +74,7 @@ class Settings:
             max_workers=int(workers),
             events_queue=env.get("VIFGATE_EVENTS_QUEUE") or None,
             dead_letter_queue=env.get("VIFGATE_EVENTS_DLQ") or None,
+            poll_function=env.get("VIFGATE_POLL_FUNCTION") or None,
         )
 
 
@@ -140,6 +145,7 @@ class Runtime:
         dynamodb=None,
         sqs=None,
         resolve: Callable[[SecretRef], str] = resolve_secret,
+        trigger: Trigger | None = None,
     ):
         self.settings = settings
         self.clock = clock
@@ -149,6 +155,7 @@ class Runtime:
         self._dynamodb = dynamodb
         self._sqs = sqs
         self._resolve = resolve
+        self._trigger = trigger
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
@@ -207,6 +214,18 @@ class Runtime:
             if self._notifier is None or self._notifier[0] != chat:
                 self._notifier = (chat, Notifier(chat.destinations, self._resolve))
             return self._notifier[1]
+
+    @cached_property
+    def trigger(self) -> Trigger | None:
+        """How a decided vote asks the poller to act now; None: the next scheduled cycle does it."""
+        if self._trigger is not None:
+            return self._trigger
+        if not self.settings.poll_function:
+            return None
+        from .approvals.trigger import LambdaTrigger
+
+        client = self.session.client("lambda", config=CLIENT_CONFIG)
+        return LambdaTrigger(client, self.settings.poll_function, self.clock)
 
     @cached_property
     def ledger(self) -> Ledger:
