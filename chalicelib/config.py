@@ -568,18 +568,17 @@ class Policy(_Doc):
                 )
         if self.default_min_approvals is not None and self.default_approvers is None:
             raise ValueError("default_min_approvals: needs default_approvers (who gives the approvals)")
-        asking = [(f"rules[{i}]", r.approvers, r.min_approvals) for i, r in enumerate(self.rules) if r.approvers]
+        # Every place that names approvers: (its field, its count's field, the names, the count asked for).
+        asking = [
+            (f"rules[{i}].approvers", f"rules[{i}].min_approvals", rule.approvers, rule.min_approvals)
+            for i, rule in enumerate(self.rules)
+            if rule.approvers
+        ]
         if self.default_approvers:
-            asking.append(("default", self.default_approvers, self.default_min_approvals))
-        for where, names, needed in asking:
-            field, count = (
-                (f"{where}.approvers", f"{where}.min_approvals")
-                if where != "default"
-                else (
-                    "default_approvers",
-                    "default_min_approvals",
-                )
+            asking.append(
+                ("default_approvers", "default_min_approvals", self.default_approvers, self.default_min_approvals)
             )
+        for field, count, names, needed in asking:
             if self.approvals is None:
                 raise ValueError(f"{field}: needs an approvals section (approvers, signing_key) naming who they are")
             if self.approvals.signing_key is None:
