@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from chalicelib.approvals import model
-from chalicelib.ledger import Ledger, VifRecord
+from chalicelib.ledger import OUTBOX, Ledger, VifRecord
 from tests.conftest import TABLE
 
 SIGNING_KEY = "k" * 16 + "0123456789abcdef-test-only"  # 42 characters: long enough for tokens.WeakKey
@@ -22,7 +22,7 @@ def make_request(
     gateways: tuple[str, ...] = ("vgw-11111111",),
     now: datetime = T0,
     deadline: datetime | None = None,
-    target: str = "prod",
+    target: str = "osc-prod",
     vif_id: str = "dxvif-ffab0001",
 ) -> model.ApprovalRequest:
     """A pending request created at `now`; its deadline defaults to two days later."""
@@ -64,6 +64,16 @@ def make_record(request: model.ApprovalRequest, *, state: str = "confirming", **
         },
     } | fields
     return VifRecord(**values)
+
+
+def raw_items() -> list[dict]:
+    """Every item of the ledger table, sorted: a refused write must leave this exactly as it was."""
+    items = boto3.client("dynamodb").scan(TableName=TABLE, ConsistentRead=True)["Items"]
+    return sorted(items, key=lambda i: (i["target"]["S"], i["vif_id"]["S"]))
+
+
+def outbox_items() -> list[dict]:
+    return [i for i in raw_items() if i["target"]["S"] == OUTBOX]
 
 
 @pytest.fixture

@@ -10,23 +10,12 @@ import pytest
 
 from chalicelib import events
 from chalicelib.approvals import model
-from chalicelib.ledger import APPROVAL_ITEM, OUTBOX, ApprovalChanged
+from chalicelib.ledger import APPROVAL_ITEM, ApprovalChanged
 from tests.conftest import TABLE
 
-from .conftest import T0, make_record, make_request
+from .conftest import T0, make_record, make_request, outbox_items, raw_items
 
 LATER = T0 + timedelta(minutes=5)
-
-
-def raw_items() -> list[dict]:
-    """Every item of the table, sorted: a refused write must leave this exactly as it was."""
-    client = boto3.client("dynamodb")
-    items = client.scan(TableName=TABLE, ConsistentRead=True)["Items"]
-    return sorted(items, key=lambda i: (i["target"]["S"], i["vif_id"]["S"]))
-
-
-def outbox() -> list[dict]:
-    return [i for i in raw_items() if i["target"]["S"] == OUTBOX]
 
 
 def an_event(request, n: int = 0):
@@ -59,12 +48,12 @@ def opened(ledger, **kw):
 
 def test_save_with_approval_creates_the_request_and_its_pointer(ledger):
     request = opened(ledger)
-    record = ledger.load("prod").vifs[request.vif_id]
+    record = ledger.load("osc-prod").vifs[request.vif_id]
     assert record.approval == request and record.approval.version == 0
     pointer = next(i for i in raw_items() if i["target"]["S"] == APPROVAL_ITEM)
     assert pointer["vif_id"]["S"] == request.request_id
     assert (pointer["vif_target"]["S"], pointer["vif"]["S"], pointer["request_status"]["S"]) == (
-        "prod",
+        "osc-prod",
         request.vif_id,
         "pending",
     )
@@ -111,7 +100,7 @@ def test_save_with_an_approval_of_another_vif_is_refused(ledger):
 def test_save_with_approval_writes_its_events_in_the_same_transaction(ledger):
     request = make_request()
     ledger.save(make_record(request), [an_event(request)], approval=request)
-    assert len(outbox()) == 1 and ledger.approval(request.request_id)[0] == request
+    assert len(outbox_items()) == 1 and ledger.approval(request.request_id)[0] == request
 
 
 def test_lookups(ledger):
@@ -140,7 +129,7 @@ def test_lookups(ledger):
 def test_approval_for_vif_prefers_the_pending_request_of_another_target(ledger):
     old = opened(ledger, target="lab", vif_id="dxvif-00000001")
     ledger.update_approval(old, model.expire(old, T0 + timedelta(days=3)), require_confirming=False)
-    fresh = opened(ledger, target="prod", vif_id="dxvif-00000001", now=T0 + timedelta(hours=1))
+    fresh = opened(ledger, target="osc-prod", vif_id="dxvif-00000001", now=T0 + timedelta(hours=1))
     assert ledger.approval_for_vif("dxvif-00000001")[0].request_id == fresh.request_id
 
 
@@ -152,7 +141,7 @@ def test_update_approval_moves_the_version_and_the_pointer_with_its_events(ledge
     ledger.update_approval(request, voted, [an_event(request)], require_confirming=True)
     stored, _ = ledger.approval(request.request_id)
     assert stored == replace(voted, version=1) and stored.status == "approved"
-    assert len(outbox()) == 1
+    assert len(outbox_items()) == 1
     assert [i["request_status"]["S"] for i in raw_items() if i["target"]["S"] == APPROVAL_ITEM] == ["approved"]
 
 
@@ -214,8 +203,8 @@ def test_a_request_replaced_on_its_item_is_not_found_by_its_old_pointer(ledger):
     client = boto3.client("dynamodb")
     client.update_item(
         TableName=TABLE,
-        Key={"target": {"S": "prod"}, "vif_id": {"S": request.vif_id}},
+        Key={"target": {"S": "osc-prod"}, "vif_id": {"S": request.vif_id}},
         UpdateExpression="REMOVE approval, approval_version",
     )
     assert ledger.approval(request.request_id) is None and ledger.approvals() == []
-    assert ledger.load("prod").vifs[request.vif_id].approval is None
+    assert ledger.load("osc-prod").vifs[request.vif_id].approval is None
