@@ -16,6 +16,7 @@ import threading
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from moto.dynamodb.responses import DynamoHandler
@@ -25,6 +26,9 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from chalicelib.ledger import create_table
 
 from . import DirectLinkSandbox, SandboxClock, scenario
+
+if TYPE_CHECKING:
+    from chalice.local import LocalDevServer
 
 # moto's embedded werkzeug server logs every request line; the demo's output is for people.
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -122,15 +126,135 @@ class MotoServer:
         self._server = self._thread = None
 
 
+def _chalice_app() -> Any:
+    """app.py's Chalice app: imported when it is on the path (tests, the checkout's root), else from the checkout."""
+    import importlib
+    import importlib.util
+
+    try:
+        return importlib.import_module("app").app
+    except ModuleNotFoundError as exc:
+        if exc.name != "app":
+            raise
+    path = Path(__file__).resolve().parent.parent / "app.py"
+    spec = importlib.util.spec_from_file_location("app", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise RuntimeError(f"serving the approval routes needs the source checkout's app.py (not found at {path})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module  # one app object, as `import app` would give
+    spec.loader.exec_module(module)
+    return module.app
+
+
+class ApiServer:
+    """The Chalice app's routes (app.py) on 127.0.0.1, served by chalice.local's server in a thread.
+
+    The app reads its settings from this process's environment, as a Lambda reads its own: LocalCloud
+    points the environment at the local cloud before the first request.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self._port = port
+        self._server: LocalDevServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from chalice.config import Config
+        from chalice.local import ChaliceRequestHandler, CustomLocalChalice, LocalChalice, LocalDevServer
+
+        class QuietHandler(ChaliceRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                """No request lines: a link's path is its token, a bearer credential that must not be logged."""
+
+        app = _chalice_app()
+        if not isinstance(app, LocalChalice):
+            # What chalice.local.create_local_server does (a request per thread needs a thread-local
+            # current_request), done once: a second time would make the class its own base.
+            CustomLocalChalice.__bases__ = (LocalChalice, app.__class__)
+            app.__class__ = CustomLocalChalice
+        config = Config.create(chalice_stage="dev", app_name=app.app_name, chalice_app=app, lambda_timeout=30)
+        # Binds here, in the caller's thread: a taken port is an OSError the caller can name.
+        self._server = LocalDevServer(app, config, "127.0.0.1", self._port, handler_cls=QuietHandler)
+        self._thread = threading.Thread(target=self._server.server.serve_forever, name="api", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the approval routes are not served; call start() first")
+        return f"http://127.0.0.1:{self._server.server.server_address[1]}"
+
+    def stop(self) -> None:
+        """Stop serving and free the port; safe to call twice, or before start()."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None
+
+
+class LocalPoller:
+    """The sandbox's trigger: chalicelib's LocalTrigger, counting the cycles it started so they can be waited for."""
+
+    def __init__(self, run: Callable[[str], object]) -> None:
+        self._run = run
+        self._running = 0
+        self._idle = threading.Condition()
+
+    def poll_now(self, target: str) -> bool:
+        from chalicelib.approvals.trigger import LocalTrigger
+
+        with self._idle:
+            self._running += 1
+        started = LocalTrigger(self._counted).poll_now(target)
+        if not started:
+            self._done()
+        return started
+
+    def _counted(self, target: str) -> object:
+        try:
+            return self._run(target)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        with self._idle:
+            self._running -= 1
+            self._idle.notify_all()
+
+    def settle(self, timeout: float) -> None:
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._running == 0, timeout=timeout):
+                raise TimeoutError(f"{self._running} triggered poll cycle(s) still running after {timeout:.0f}s")
+
+
 class LocalCloud:
-    """Start both emulators, seed the scenario, and say how to reach them."""
+    """Start both emulators, seed the scenario, and say how to reach them.
+
+    With `api_port` (0 = any free port) it also serves the app's approval routes on 127.0.0.1, with
+    scenario.approvals_config(its URL) as the policy; the app then runs in this process, pointed at
+    the local cloud through os.environ (restored on stop), with the sandbox's clock and a trigger that
+    runs the poll cycle for one target in a thread, as the deployed API function invokes the poller.
+    """
 
     def __init__(
-        self, *, port: int = 0, aws_port: int = 0, clock: SandboxClock | None = None, workdir: Path | None = None
+        self,
+        *,
+        port: int = 0,
+        aws_port: int = 0,
+        clock: SandboxClock | None = None,
+        workdir: Path | None = None,
+        api_port: int | None = None,
     ):
         self.clock = clock or SandboxClock()
         self.directlink = DirectLinkSandbox(flavor="outscale", region=REGION, clock=self.clock)
         self.moto = MotoServer(aws_port)
+        self.api = ApiServer(api_port) if api_port is not None else None
+        self._api_port = api_port
+        self._saved_env: dict[str, str] | None = None
+        self._poller: LocalPoller | None = None
         self._own_workdir = workdir is None  # a directory made here is removed on stop
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="vifgate-sandbox-"))
         self.config_path = self.workdir / "vifgate.yaml"
@@ -167,6 +291,7 @@ class LocalCloud:
             "VIFGATE_CONFIG": str(self.config_path),
             # `vifgate` reads its time from the sandbox, so moving the sandbox's clock moves deadlines too.
             "VIFGATE_CLOCK": f"{self.directlink.url}/_sandbox/clock",
+            **({"VIFGATE_API_URL": self.api.url} if self.api is not None else {}),
         }
 
     def start(self) -> LocalCloud:
@@ -191,10 +316,38 @@ class LocalCloud:
             TABLE,
         )
         create_queues(session.client("sqs", endpoint_url=self.aws_url), EVENTS_QUEUE, EVENTS_DLQ)
-        self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
+        if self.api is None:
+            self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
+            return
+        _listen("api", self._api_port or 0, self.api.start)
+        self.config_path.write_text(scenario.approvals_config(self.api.url), encoding="utf-8")
+        self._saved_env = dict(os.environ)
+        os.environ.update(self.env())
+        self._serve_with_local_poller()
+
+    def _serve_with_local_poller(self) -> None:
+        """The routes' runtime: the sandbox's clock, and a trigger that runs one target's cycle here."""
+        from chalicelib import runtime
+        from chalicelib.reconcile import run_cycle
+
+        routes = runtime.get()  # what app.py's handlers get: cached while the environment is unchanged
+        routes.clock = self.clock
+        # The deployed API function invokes the poll function; here the cycle runs in a thread.
+        routes.trigger = self._poller = LocalPoller(lambda target: run_cycle(routes, targets=[target]))
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every cycle the routes triggered has finished (the demo then shows what they did)."""
+        if self._poller is not None:
+            self._poller.settle(timeout)
 
     def stop(self) -> None:
-        """Stop both servers and remove the files this cloud made; safe to call twice."""
+        """Stop the servers, give the environment back, and remove the files this cloud made; safe to call twice."""
+        if self.api is not None:
+            self.api.stop()
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
         self.directlink.stop()
         self.moto.stop()
         if self._own_workdir:
@@ -208,7 +361,7 @@ class LocalCloud:
 
 
 def provision(dynamodb, secretsmanager, table: str) -> None:
-    """The AWS side of the scenario: the ledger table and one credentials secret per target."""
+    """The AWS side of the scenario: the ledger table, one credentials secret per target, the approvals keys."""
     create_table(dynamodb, table)
     for target, account in scenario.TARGETS.items():
         access_key, secret_key = scenario.KEYS[account]
@@ -216,6 +369,12 @@ def provision(dynamodb, secretsmanager, table: str) -> None:
             Name=scenario.secret_id(target),
             SecretString=json.dumps({"access_key_id": access_key, "secret_access_key": secret_key}),
         )
+    secretsmanager.create_secret(
+        Name=scenario.APPROVALS_SECRET,
+        SecretString=json.dumps(
+            {"signing_key": scenario.SIGNING_KEY, "slack_signing_secret": scenario.SLACK_SIGNING_SECRET}
+        ),
+    )
 
 
 def create_queues(sqs, events: str, dead_letters: str) -> str:
@@ -234,13 +393,14 @@ def create_queues(sqs, events: str, dead_letters: str) -> str:
 
 
 ENV_FILE = ".vifgate-sandbox.env"
-PORT_FLAGS = {"directlink": "--port", "aws": "--aws-port"}
+PORT_FLAGS = {"directlink": "--port", "aws": "--aws-port", "api": "--api-port"}
 
 
-def serve(port: int = 4566, aws_port: int = 5005, env_file: str | Path | None = None) -> int:
+def serve(port: int = 4566, aws_port: int = 5005, env_file: str | Path | None = None, api_port: int = 8000) -> int:
     """`vifgate sandbox`: run until Ctrl-C or SIGTERM, then remove every file it wrote."""
     env_file = Path(env_file or ENV_FILE).absolute()
-    cloud = LocalCloud(port=port, aws_port=aws_port, clock=SandboxClock(ticking=True))  # time passes by itself
+    # Time passes by itself; the approval routes are served too.
+    cloud = LocalCloud(port=port, aws_port=aws_port, clock=SandboxClock(ticking=True), api_port=api_port)
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     written: str | None = None
     chat: ChatWindow | None = None
@@ -321,18 +481,35 @@ def ready_text(cloud: LocalCloud, env_file: Path) -> str:
     vifgate, aws = _command("vifgate"), _command("aws")
     world = cloud.world
     advance = shlex.quote(json.dumps({"advanceSeconds": 5 * 86400}))
+    api = (
+        [f"  API         {cloud.api.url}  approval routes: /approvals/slack, /approvals/mattermost, /approvals/link/…"]
+        if cloud.api is not None
+        else []
+    )
+    approvals = (
+        [
+            f"  {vifgate} approvals                     # after a poll: the requests, each approver's link to open",
+            f"  {vifgate} approve prod-legacy --as alice   # recorded, then confirmed at once",
+            f"  {vifgate} reject lab-bench --as bob        # recorded, then deleted at once",
+            f"  {vifgate} status                        # every VIF, its deadline, decisions and votes",
+        ]
+        if cloud.api is not None
+        else []
+    )
     return "\n".join(
         [
             "VIF Gatekeeper sandbox is up (127.0.0.1 only):",
             f"  DirectLink  {cloud.directlink.url}  {len(world.vif_ids)} hosted VIFs waiting in 3 accounts",
             f"  AWS (moto)  {cloud.aws_url}  ledger table, events queue, credentials",
+            *api,
             f"  policy      {cloud.config_path}",
             f"  clock       {cloud.clock.now():%Y-%m-%d %H:%M} UTC, runs on; vifgate follows it when you move it",
             "",
             "Next, in another shell:",
             f"  source {shlex.quote(str(env_file))}",
             f"  {vifgate} check     # what each VIF would get; changes nothing",
-            f"  {vifgate} poll      # confirms what the policy trusts",
+            f"  {vifgate} poll      # confirms what the policy trusts, asks alice or bob about the rest",
+            *approvals,
             f"  {aws} directconnect describe-virtual-interfaces   # the real protocol, as osc-prod",
             f"  curl -s -XPOST {cloud.directlink.url}/_sandbox/clock -d {advance}   # 5 days later...",
             f"  {vifgate} poll      # ...the VIFs still waiting get expiry warnings",

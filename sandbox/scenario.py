@@ -56,6 +56,37 @@ expiry_alerts: [72h, 24h, 4h]
 """
 
 
+# The approvals section of the sandbox and the demo (`vifgate sandbox` serves the routes at base_url).
+# These keys sign only the sandbox's own links and requests: they are not secrets anywhere else.
+APPROVALS_SECRET = "vifgate/sandbox/approvals"
+SIGNING_KEY = "sandbox-approvals-signing-key-0123456789abcdef"  # tokens need at least 32 characters
+SLACK_SIGNING_SECRET = "sandbox0slack0signing0secret0001"  # the shape of a Slack app's signing secret
+APPROVERS = {"alice": {"slack": "UALICE0001"}, "bob": {"slack": "UBOB000001"}}
+LOCAL_API = "http://127.0.0.1:8000"
+
+
+def approvals_config(base_url: str = LOCAL_API) -> str:
+    """CONFIG plus approvals: a VIF no rule matches is asked of alice or bob; one of them decides it."""
+    approvers = "\n".join(f"    - {{name: {name}, slack: {ids['slack']}}}" for name, ids in APPROVERS.items())
+    return (
+        CONFIG
+        + f"""\
+default_approvers: [netops]
+approvals:
+  approvers:
+{approvers}
+  groups: {{netops: [{", ".join(APPROVERS)}]}}
+  link_ttl: 24h
+  base_url: {base_url}
+  signing_key: {{secret_id: {APPROVALS_SECRET}, key: signing_key}}
+  slack_signing_secret: {{secret_id: {APPROVALS_SECRET}, key: slack_signing_secret}}
+"""
+    )
+
+
+APPROVALS_CONFIG = approvals_config()
+
+
 @dataclass
 class World:
     connection_id: str
