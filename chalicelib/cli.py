@@ -11,8 +11,12 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .approvals import tokens
+from .approvals.model import ApprovalRequest, Refused, Vote
 from .config import ConfigError
-from .ledger import Ledger, OutboxItem, iso
+from .ledger import Ledger, OutboxItem, VifRecord, iso, parse_iso
 from .log import logger
 from .reconcile import CycleReport, run_cycle
 from .runtime import Runtime, Settings, load_policy, utc_now
@@ -56,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=4566, help="DirectLink sandbox port (default 4566)")
     sandbox.add_argument("--aws-port", type=int, default=5005, help="AWS emulator (moto) port (default 5005)")
     sandbox.add_argument(
+        "--api-port", type=int, default=8000, help="the approval routes (the Chalice app) (default 8000; 0 = any)"
+    )
+    sandbox.add_argument(
         "--env-file", help="where to write the variables to `source` (default .vifgate-sandbox.env; removed on exit)"
     )
     sandbox.set_defaults(func=_sandbox)
@@ -77,6 +84,40 @@ def _parser() -> argparse.ArgumentParser:
     act.add_argument("--drop", metavar="ID", help="delete this event for good; needs --confirm-loss")
     outbox.add_argument("--confirm-loss", action="store_true", help="with --drop: yes, this event is never sent")
     outbox.set_defaults(func=_outbox)
+
+    approvals = commands.add_parser(
+        "approvals", help="the approval requests waiting, with each approver's signed link (a bearer credential)"
+    )
+    _config_args(approvals)
+    approvals.add_argument("--json", action="store_true", help="one JSON object per request per line")
+    approvals.set_defaults(func=_approvals)
+
+    for verb, what in (
+        ("approve", "approve a VIF's request, then confirm it at once when that decides it"),
+        ("reject", "reject a VIF's request (a veto), then delete the VIF at once"),
+    ):
+        vote = commands.add_parser(verb, help=what)
+        _config_args(vote)
+        vote.add_argument("vif", metavar="VIF", help="the VIF's id (dxvif-…) or its name, when no other VIF has it")
+        vote.add_argument(
+            "--as", dest="approver", required=True, metavar="NAME", help="your approver name in the policy"
+        )
+        if verb == "approve":
+            vote.add_argument(
+                "--gateway", metavar="vgw-…", help="the gateway to confirm with, when the request offers several"
+            )
+        vote.add_argument(
+            "--dry-run", action="store_true", help="record the vote, but carry nothing out (a live cycle will)"
+        )
+        _budget_arg(vote)
+        vote.set_defaults(func=_vote, vote=verb)
+
+    status = commands.add_parser(
+        "status", help="every VIF the ledger tracks: state, deadline, last decision, approvals and their votes"
+    )
+    _config_args(status)
+    status.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
+    status.set_defaults(func=_status)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of every event on the queue")
     schema.set_defaults(func=_schema)
@@ -403,10 +444,377 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+# --- approvals ---------------------------------------------------------------------------------
+
+EXIT_REFUSED = 2  # the vote was refused (403/404/409/410 and bad input): nothing changed
+
+
+class _Unreadable(Exception):
+    """The ledger (or a secret) could not be read: an operational failure, exit 1."""
+
+
+def _ledger_failure(table: str, exc: Exception) -> str:
+    from botocore.exceptions import ClientError
+
+    code = exc.response["Error"]["Code"] if isinstance(exc, ClientError) else type(exc).__name__
+    return f"ledger table {table} " + (
+        "does not exist in this account/region" if code == "ResourceNotFoundException" else f"failed: {code}"
+    )
+
+
+def _when(text: str | None) -> str:
+    moment = parse_iso(text)
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment else "-"
+
+
+def _deadline(record: VifRecord) -> str:
+    if not record.deadline:
+        return "unknown"
+    if record.deadline_certain:
+        return _when(record.deadline)
+    return f"{_when(record.deadline)} at the latest (it was already waiting when first seen)"
+
+
+def _vif_name(record: VifRecord) -> str:
+    name = record.snapshot.get("virtualInterfaceName")
+    return _printable(name) if isinstance(name, str) else ""
+
+
+def _vote_json(vote: Vote) -> dict:
+    return {
+        "approver": vote.approver,
+        "vote": vote.vote,
+        "channel": vote.channel,
+        "user_id": vote.user_id,
+        "gateway": vote.gateway,
+        "at": vote.at,
+    }
+
+
+def _request_json(request: ApprovalRequest) -> dict:
+    return {
+        "request_id": request.request_id,
+        "status": request.status,
+        "progress": request.progress(),
+        "created_at": request.created_at,
+        "expires_at": request.expires_at,
+        "decided_at": request.decided_at,
+        "rule": request.rule,
+        "approvers": list(request.approvers),
+        "min_approvals": request.min_approvals,
+        "approvals": list(request.approvals),
+        "gateways": list(request.gateways),
+        "gateway": request.gateway,
+        "votes": [_vote_json(v) for v in request.votes],
+        "trail": [dict(vars(t)) for t in request.trail],
+    }
+
+
+def _vif_json(record: VifRecord) -> dict:
+    return {
+        "target": record.target,
+        "virtualInterfaceId": record.vif_id,
+        "virtualInterfaceName": record.snapshot.get("virtualInterfaceName"),
+        "ownerAccount": record.snapshot.get("ownerAccount"),
+        "state": record.state,
+        "deadline": record.deadline,
+        "deadlineCertain": record.deadline_certain,
+    }
+
+
+class _Links:
+    """Each approver's signed link to a request's page; None with the reason when links cannot be made."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        from .chatops import SecretUnavailable
+        from .chatops.links import LINK_PATH
+
+        self._path = LINK_PATH
+        self._key: str | None = None
+        self.unavailable: str | None = None
+        approvals = runtime.policy.approvals
+        self.ttl = approvals.link_ttl if approvals else None
+        self.base_url = approvals.base_url if approvals else None
+        if approvals is None:
+            self.unavailable = "the policy has no approvals section"
+        elif not approvals.base_url:
+            self.unavailable = "approvals.base_url is not set (where the link routes are served)"
+        elif approvals.signing_key is None:
+            self.unavailable = "approvals.signing_key is not set"
+        else:
+            try:
+                self._key = runtime.secret(approvals.signing_key)
+            except (SecretUnavailable, LookupError) as exc:  # names the reference, never the value
+                raise _Unreadable(f"approvals.signing_key cannot be read: {exc}") from None
+
+    def for_request(self, request: ApprovalRequest, now: datetime) -> tuple[dict[str, str], datetime] | None:
+        """approver -> link, for those who have not voted yet, and when the links expire."""
+        if self._key is None or self.base_url is None or self.ttl is None:
+            return None
+        expires = parse_iso(request.expires_at)
+        assert expires is not None  # every request has one
+        until = tokens.link_expiry(now, expires, self.ttl)
+        voted = {v.approver for v in request.votes}
+        try:
+            links = {
+                name: self.base_url + self._path + tokens.mint_link(self._key, request.request_id, name, until)
+                for name in request.approvers
+                if name not in voted
+            }
+        except tokens.WeakKey as exc:
+            raise _Unreadable(str(exc)) from None
+        return links, until
+
+
+def request_links(runtime: Runtime, request: ApprovalRequest, now: datetime) -> tuple[dict[str, str], datetime] | None:
+    """Each approver's link to `request` (for those who have not voted), and their expiry; None without links."""
+    return _Links(runtime).for_request(request, now)
+
+
+def _commands(request: ApprovalRequest) -> list[str]:
+    choose = " --gateway vgw-…" if len(request.gateways) > 1 else ""
+    return [
+        f"vifgate approve {request.vif_id}{choose} --as NAME",
+        f"vifgate reject {request.vif_id} --as NAME",
+    ]
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    """`vifgate approvals`: what waits for a person, and each approver's link (printed here only, never logged)."""
+    try:
+        runtime = _runtime(args)
+        pending = runtime.ledger.approvals("pending")
+        links = _Links(runtime)
+    except ConfigError as exc:
+        return _bad_config(exc)
+    except _Unreadable as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    except (ClientError, BotoCoreError) as exc:
+        print(f"vifgate: {_ledger_failure(args.table, exc)}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    now = runtime.clock()
+    try:
+        rows = []
+        for request, record in sorted(pending, key=lambda found: found[0].expires_at):
+            made = links.for_request(request, now)
+            row = {**_vif_json(record), **_request_json(request)}
+            row["links"] = made[0] if made else None
+            row["links_expire_at"] = iso(made[1]) if made else None
+            row["links_unavailable"] = links.unavailable
+            row["commands"] = _commands(request)
+            rows.append(row)
+    except _Unreadable as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return EXIT_OK
+    if not rows:
+        print("no approval request is waiting")
+        return EXIT_OK
+    print(f"{len(rows)} approval request(s) waiting:")
+    for row, (request, record) in zip(rows, sorted(pending, key=lambda found: found[0].expires_at), strict=True):
+        print(_request_text(request, record, row))
+    if links.unavailable:
+        print(f"\nNo links: {links.unavailable}. Decide with the commands above.")
+    else:
+        print(
+            "\nEach link is a bearer credential: whoever opens it decides as that approver. "
+            "Send it to that person only; it is shown here and nowhere else."
+        )
+    return EXIT_OK
+
+
+def _request_text(request: ApprovalRequest, record: VifRecord, row: dict) -> str:
+    gateways = ", ".join(request.gateways) or "none available: confirm by hand, or add one to the rule"
+    lines = [
+        "",
+        f"{request.vif_id}  {_vif_name(record)}  (target {record.target}, account "
+        f"{_printable(str(record.snapshot.get('ownerAccount') or '?'))})  request {request.request_id}",
+        f"  deadline   {_deadline(record)}; the request expires {_when(request.expires_at)}",
+        f"  gateways   {gateways}",
+        f"  approvals  {len(request.approvals)} of {request.min_approvals}: {request.progress()}",
+        f"  who        {', '.join(request.approvers)}",
+    ]
+    for vote in request.votes:
+        lines.append(f"  vote       {vote.approver} {vote.vote}d via {vote.channel} at {_when(vote.at)}")
+    if row["links"] is not None:
+        lines.append(f"  links      (until {_when(row['links_expire_at'])})")
+        width = max((len(name) for name in row["links"]), default=0)
+        lines += [f"    {name:<{width}}  {url}" for name, url in row["links"].items()]
+    lines += [f"  or         {command}" for command in row["commands"]]
+    return "\n".join(lines)
+
+
+def _find_request(runtime: Runtime, ref: str) -> tuple[ApprovalRequest, VifRecord]:
+    """The approval request of a VIF given by id or by a name no other VIF in the ledger has."""
+    ledger = runtime.ledger
+    found = ledger.approval_for_vif(ref)
+    if found is not None:
+        return found
+    named = [
+        record
+        for target in runtime.policy.targets
+        for record in ledger.load(target.name).vifs.values()
+        if record.vif_id == ref or record.snapshot.get("virtualInterfaceName") == ref
+    ]
+    if not named:
+        raise Refused(404, f"no VIF {_printable(ref)!r} in the ledger: give its id or name as `vifgate status` shows")
+    asked = [r for r in named if r.approval is not None]
+    if not asked:
+        raise Refused(404, f"VIF {_printable(ref)!r} has no approval request (nobody was asked to decide it)")
+    pending = [r for r in asked if r.approval is not None and r.approval.status == "pending"]
+    chosen = pending if pending else asked
+    if len(chosen) > 1:
+        ids = ", ".join(sorted(r.vif_id for r in chosen))
+        raise Refused(409, f"{_printable(ref)!r} names {len(chosen)} VIFs with a request ({ids}); give the id")
+    found = ledger.approval_for_vif(chosen[0].vif_id)
+    if found is None:
+        raise Refused(404, f"VIF {chosen[0].vif_id} has no approval request")
+    return found
+
+
+def _vote(args: argparse.Namespace) -> int:
+    """`vifgate approve` / `reject`: record the vote (the terminal's AWS credentials are the proof), then act."""
+    from .approvals import service
+
+    try:
+        runtime = _runtime(args)
+        approvals = runtime.policy.approvals
+        if approvals is None:
+            raise Refused(404, "the policy has no approvals section: nobody may approve or reject")
+        if approvals.approver(args.approver) is None:
+            known = ", ".join(a.name for a in approvals.approvers)
+            raise Refused(403, f"{_printable(args.approver)!r} is not an approver in the policy (approvers: {known})")
+        request, _record = _find_request(runtime, args.vif.strip())
+        result = service.record_vote(
+            runtime.ledger,
+            runtime.policy,
+            request.request_id,
+            approver=args.approver,
+            user_id=None,
+            channel="cli",
+            vote=args.vote,
+            gateway=getattr(args, "gateway", None),
+            clock=runtime.clock,
+            publishing=runtime.publishing,
+        )
+    except ConfigError as exc:
+        return _bad_config(exc)
+    except Refused as exc:
+        print(f"vifgate: {args.vote} refused ({exc.status}): {exc.reason}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ClientError, BotoCoreError) as exc:
+        print(f"vifgate: {_ledger_failure(args.table, exc)}; nothing was recorded", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    decided = result.request
+    if not result.decided:
+        missing = decided.min_approvals - len(decided.approvals)
+        print(f"{result.summary}: waiting for {missing} more")
+        return EXIT_OK
+    print(result.summary)
+    return _carry_out(runtime, decided, args)
+
+
+def _carry_out(runtime: Runtime, request: ApprovalRequest, args: argparse.Namespace) -> int:
+    """Run the poll cycle for the request's target now: it confirms or deletes the VIF, as the poller would."""
+    targets, flush = _split(args.budget)
+    report = run_cycle(
+        runtime, dry_run=args.dry_run or None, budget_seconds=targets, flush_seconds=flush, targets=[request.target]
+    )
+    for failure in report.failures:
+        print(
+            f"vifgate: the vote is recorded, but target {failure.target} failed: {failure.message}; "
+            "the next poll cycle carries it out",
+            file=sys.stderr,
+        )
+        return EXIT_TARGET_FAILED
+    outcome = next((o for o in report.outcomes if o.virtualInterfaceId == request.vif_id), None)
+    if outcome is None:
+        print(f"the poll cycle did not see {request.vif_id}: it is no longer listed by {request.target}")
+        return EXIT_OK
+    said = {
+        "confirmed": f"confirmed {request.vif_id} with {outcome.virtualGatewayId}",
+        "would_confirm": f"dry run: would confirm {request.vif_id} with {outcome.virtualGatewayId}; "
+        "a live cycle carries the approval out",
+        "rejected": f"rejected {request.vif_id}: deleted",
+        "would_reject": f"dry run: would delete {request.vif_id}; a live cycle carries the rejection out",
+    }.get(outcome.action)
+    if said is not None:
+        print(said)
+        return EXIT_OK
+    print(f"the poll cycle did not carry it out: {outcome.action}: {_printable(outcome.reason)}")
+    return EXIT_TARGET_FAILED if outcome.action in ("failed", "unknown") else EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`vifgate status`: every VIF the ledger tracks, across the policy's targets."""
+    try:
+        runtime = _runtime(args)
+        records = [
+            record
+            for target in runtime.policy.targets
+            for record in sorted(runtime.ledger.load(target.name).vifs.values(), key=lambda r: r.vif_id)
+        ]
+    except ConfigError as exc:
+        return _bad_config(exc)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"vifgate: {_ledger_failure(args.table, exc)}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    if args.json:
+        for record in records:
+            row = {
+                **_vif_json(record),
+                "lastDecision": record.last_decision,
+                "decisionReason": record.decision_reason,
+                "rule": record.rule,
+                "gateway": record.gateway,
+                "firstSeenAt": record.first_seen_at,
+                "confirmedAt": record.confirmed_at,
+                "rejectedAt": record.rejected_at,
+                "goneAt": record.gone_at,
+                "approval": _request_json(record.approval) if record.approval else None,
+            }
+            print(json.dumps(row, sort_keys=True))
+        return EXIT_OK
+    if not records:
+        print(f"the ledger {args.table} tracks no VIF yet (run `vifgate poll`)")
+        return EXIT_OK
+    headers = ("TARGET", "VIF", "NAME", "STATE", "DEADLINE", "LAST DECISION", "APPROVAL")
+    cells = [
+        (
+            r.target,
+            r.vif_id,
+            _vif_name(r),
+            _printable(r.state),
+            (_when(r.deadline) + ("" if r.deadline_certain else " (at the latest)")) if r.deadline else "-",
+            _printable(r.last_decision or "-"),
+            f"{r.approval.status}: {r.approval.progress()}" if r.approval else "-",
+        )
+        for r in records
+    ]
+    widths = [max(len(c[i]) for c in (headers, *cells)) for i in range(len(headers) - 1)]
+    for line in (headers, *cells):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=False)) + "  " + line[-1])
+    pending = [r for r in records if r.approval is not None and r.approval.status == "pending"]
+    for record in pending:
+        request = record.approval
+        assert request is not None
+        print(
+            f"\n{record.vif_id} ({_vif_name(record)}): {request.progress()}; "
+            f"{request.min_approvals} needed from {', '.join(request.approvers)} by {_when(request.expires_at)}"
+        )
+        for vote in request.votes:
+            print(f"  {_when(vote.at)}  {vote.approver} {vote.vote}d via {vote.channel}")
+    return EXIT_OK
+
+
 def _sandbox(args: argparse.Namespace) -> int:
     from sandbox.local import serve  # not deployed: needs the [sandbox] extra
 
-    return serve(port=args.port, aws_port=args.aws_port, env_file=args.env_file)
+    return serve(port=args.port, aws_port=args.aws_port, env_file=args.env_file, api_port=args.api_port)
 
 
 def _demo(args: argparse.Namespace) -> int:
