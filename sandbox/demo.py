@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
+import re
 import textwrap
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
+from html import unescape as html_unescape
 from typing import Any
 
 import boto3
 
 from chalicelib import events
-from chalicelib.chatops import Message, render
+from chalicelib.chatops import Message, render, slack
 from chalicelib.cli import format_table
 from chalicelib.config import Policy
 from chalicelib.reconcile import CycleReport, run_cycle
@@ -29,7 +37,7 @@ def _heading(text: str) -> None:
 def run_demo() -> int:
     started = time.monotonic()
     saved = dict(os.environ)
-    with LocalCloud() as cloud:
+    with LocalCloud(api_port=0) as cloud:  # the approval routes too, on any free port
         os.environ.update(cloud.env())
         try:
             settings = Settings.from_env()
@@ -40,7 +48,7 @@ def run_demo() -> int:
             print(f"  osc-prod    {scenario.PROD}  gateway {scenario.PROD_GATEWAY} available")
             print(f"  osc-staging {scenario.STAGING}  gateway {scenario.STAGING_GATEWAY} pending")
             print(f"  osc-lab     {scenario.LAB}  no rule for this account")
-            print("Policy (CONFIG in sandbox/scenario.py):")
+            print("Policy (APPROVALS_CONFIG in sandbox/scenario.py):")
             print(policy_summary(runtime.policy))
 
             _heading(f"Cycle 1 at {cloud.clock.now():%Y-%m-%d %H:%M} UTC")
@@ -61,7 +69,8 @@ def run_demo() -> int:
             print(format_table(third))
 
             _summary(runtime, [first, second, third], cloud)
-            _events(cloud, [first, second, third])
+            received = _events(cloud, [first, second, third])
+            _approvals(runtime, cloud, received)
         finally:
             os.environ.clear()
             os.environ.update(saved)
@@ -94,19 +103,17 @@ def policy_summary(policy: Policy) -> str:
         then = f"confirm with {rule.gateway}" if rule.action == "confirm" else rule.action
         lines.append(f"  {rule.name + ':':<{width}} {', '.join(conditions)} -> {then}")
     lines.append(f"  {'default_action:':<{width}} {policy.default_action}")
+    if policy.default_approvers and policy.approvals is not None:
+        who = ", ".join(policy.approvals.resolve(policy.default_approvers))
+        needed = policy.default_min_approvals or 1
+        lines.append(f"  {'approvers:':<{width}} {who} ({needed} approval needed, from Slack, a link or the CLI)")
     return "\n".join(lines)
 
 
-def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
+def _events(cloud: LocalCloud, reports: list[CycleReport]) -> list[Any]:
     """What reached the events queue, then what people would read in chat for a few of them."""
     _heading("Events on the queue (SQS FIFO, one message group per VIF)")
-    sqs = boto3.client("sqs", endpoint_url=cloud.aws_url)
-    url = sqs.get_queue_url(QueueName=EVENTS_QUEUE)["QueueUrl"]
-    received: list[Any] = []  # CloudEvents: each type is its own generated model
-    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        for message in batch:
-            received.append(events.parse(message["Body"]))
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    received = _drain(cloud)  # CloudEvents: each type is its own generated model
     produced = {e.id for r in reports for e in r.events}
     arrived = [e.id for e in received]
     lost, twice = len(produced - set(arrived)), len(arrived) - len(set(arrived))
@@ -124,6 +131,7 @@ def _events(cloud: LocalCloud, reports: list[CycleReport]) -> None:
             shown.add(event.type)
             print(terminal(render(event)))
             print()
+    return received
 
 
 _MARKS = {"info": "i", "success": "+", "warning": "!", "danger": "!!"}
@@ -170,3 +178,165 @@ def _summary(runtime: Runtime, reports: list[CycleReport], cloud: LocalCloud) ->
         f"\nConfirm calls sent to DirectLink: {confirms} "
         f"(one per trusted VIF; the ledger claim stops repeats). Targets failed: {len(failed)}."
     )
+
+
+# --- approvals: one request approved from Slack, one rejected through its link ------------------
+
+
+def _http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """One request to the local routes over HTTP on 127.0.0.1 (never through a proxy): status and body."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with opener.open(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+def slack_request(request_id: str, user_id: str, action: str, at: datetime) -> tuple[bytes, dict[str, str]]:
+    """A click on an approval message's button as Slack posts it: the block_actions payload, form-encoded and signed.
+
+    Slack signs `v0:{timestamp}:{raw body}` with HMAC-SHA256 and the app's signing secret.
+    """
+    payload = {
+        "type": "block_actions",
+        "user": {"id": user_id, "username": user_id.lower(), "team_id": "TSANDBOX01"},
+        "api_app_id": "ASANDBOX01",
+        "container": {"type": "message", "message_ts": f"{at.timestamp():.6f}"},
+        "actions": [
+            {
+                "type": "button",
+                "action_id": action,
+                "block_id": "vifgate-decision",
+                "value": request_id,
+                "action_ts": f"{at.timestamp():.6f}",
+            }
+        ],
+        "state": {"values": {}},
+    }
+    body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+    timestamp = str(int(at.timestamp()))
+    digest = hmac.new(
+        scenario.SLACK_SIGNING_SECRET.encode(), b"v0:" + timestamp.encode() + b":" + body, hashlib.sha256
+    ).hexdigest()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": f"v0={digest}",
+    }
+    return body, headers
+
+
+def _buttons(message: Message) -> str:
+    """The interactive part of the Slack message, as the person sees it."""
+    shown = []
+    for block in slack.payload(message, buttons=True)["blocks"]:
+        for element in block.get("elements", []) if block.get("type") == "actions" else []:
+            if element["type"] == "static_select":
+                options = ", ".join(o["value"] for o in element["options"])
+                shown.append(f"a gateway menu ({options})")
+            elif element["type"] == "button":
+                asks = f', asks "{element["confirm"]["title"]["text"]}" first' if "confirm" in element else ""
+                shown.append(f"[{element['text']['text']}] ({element['action_id']}{asks})")
+    return "Slack buttons: " + "  ".join(shown) if shown else "no buttons (notify-only)"
+
+
+def _page_text(html: str) -> str:
+    """The heading and first sentence of a page the routes served."""
+    heading = re.search(r"<h1>(.*?)</h1>", html, re.S)
+    first = re.search(r"<p[^>]*>(.*?)</p>", html, re.S)
+    parts = [_printable(re.sub(r"<[^>]+>", "", m.group(1))) for m in (heading, first) if m]
+    return html_unescape(" — ".join(parts))
+
+
+def _state(cloud: LocalCloud, vif_id: str) -> str:
+    return str(cloud.directlink.vif(vif_id)["virtualInterfaceState"])
+
+
+def _drain(cloud: LocalCloud) -> list[Any]:
+    sqs = boto3.client("sqs", endpoint_url=cloud.aws_url)
+    url = sqs.get_queue_url(QueueName=EVENTS_QUEUE)["QueueUrl"]
+    received: list[Any] = []
+    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        for message in batch:
+            received.append(events.parse(message["Body"]))
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return received
+
+
+def _approvals(runtime: Runtime, cloud: LocalCloud, requested: list[Any]) -> None:
+    from chalicelib.cli import request_links
+
+    assert cloud.api is not None
+    world, ledger = cloud.world, runtime.ledger
+    _heading("Approvals: alice approves prod-legacy from Slack, bob rejects lab-bench through his link")
+    print(f"The approval routes run on {cloud.api.url} (the Chalice app, as `vifgate sandbox` serves them).")
+    legacy, lab = world.vif_ids["prod-legacy"], world.vif_ids["lab-bench"]
+    asked = {e.subject: e for e in requested if e.type == "vif.approval_requested"}
+    print("\nWhat netops read in Slack when the gatekeeper asked about prod-legacy:\n")
+    message = render(asked[legacy])
+    print(terminal(message))
+    print(f"    {_buttons(message)}")
+
+    found = ledger.approval_for_vif(legacy)
+    assert found is not None, "the cycle made no approval request for prod-legacy"
+    request = found[0]
+    body, headers = slack_request(
+        request.request_id, scenario.APPROVERS["alice"]["slack"], "vifgate_approve", cloud.clock.now()
+    )
+    status, answer = _http("POST", f"{cloud.api.url}/approvals/slack", body, headers)
+    print(
+        f"\nalice ({scenario.APPROVERS['alice']['slack']}) clicks Approve. Slack posts the block_actions payload, "
+        f"signed with the app's signing secret\n(X-Slack-Signature: v0=HMAC-SHA256 of v0:timestamp:body):"
+    )
+    print(f"  POST /approvals/slack -> {status} {_printable(answer)}")
+    cloud.settle()  # the route triggered the poller for osc-prod; it confirms in the background
+    print(f"  the poller, triggered for {request.target}: {legacy} is now {_state(cloud, legacy)}")
+
+    found = ledger.approval_for_vif(lab)
+    assert found is not None, "the cycle made no approval request for lab-bench"
+    request = found[0]
+    made = request_links(runtime, request, cloud.clock.now())
+    assert made is not None, "the sandbox's policy has base_url and signing_key"
+    link = made[0]["bob"]
+    path = link.removeprefix(cloud.api.url)
+    shown = path[: len("/approvals/link/") + 10] + "…"
+    print(f"\nbob opens his link to lab-bench (from `vifgate approvals`, or the Teams card): {shown}")
+    status, page = _http("GET", link)
+    print(f"  GET  {shown} -> {status}: {_page_text(page)}  (a GET changes nothing)")
+    status, page = _http("POST", link, b"action=reject", {"Content-Type": "application/x-www-form-urlencoded"})
+    print(f"  POST {shown} action=reject -> {status}: {_page_text(page)}")
+    cloud.settle()
+    print(f"  the poller, triggered for {request.target}: {lab} is now {_state(cloud, lab)}")
+    status, page = _http("POST", link, b"action=reject", {"Content-Type": "application/x-www-form-urlencoded"})
+    print(f"  the same link again -> {status}: {_page_text(page)}")
+
+    _heading("What people read in chat about these decisions")
+    for event in _drain(cloud):
+        if event.subject in (legacy, lab):
+            print(terminal(render(event)))
+            print()
+
+    _heading("The ledger's audit trail")
+    for vif in (legacy, lab):
+        found = ledger.approval_for_vif(vif)
+        assert found is not None
+        request, record = found
+        name = record.snapshot.get("virtualInterfaceName", "")
+        done = (
+            f"confirmed at {record.confirmed_at} with {record.gateway}"
+            if record.confirmed_at
+            else f"rejected at {record.rejected_at}"
+            if record.rejected_at
+            else f"still {record.state}"
+        )
+        print(f"{vif} {name}: request {request.request_id} {request.status}; the VIF was {done}")
+        for entry in request.trail:
+            via = f" via {entry.channel}" if entry.channel else ""
+            user = f" ({entry.user_id})" if entry.user_id else ""
+            gateway = f" with {entry.gateway}" if entry.gateway else ""
+            print(f"  {entry.at}  {entry.who}{user}{via}: {entry.what}{gateway} -> {entry.outcome}")
+    confirms = cloud.directlink.confirm_count(legacy)
+    deletes = sum(1 for op, _account in cloud.directlink.calls if op == "DeleteVirtualInterface")
+    print(f"\nConfirm calls for {legacy}: {confirms}; Delete calls: {deletes} (each decision carried out once).")
