@@ -159,7 +159,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
-        self._notifier: tuple[Chat, Any] | None = None
+        self._notifier: tuple[Any, Any] | None = None
 
     @property
     def policy(self) -> Policy:
@@ -206,13 +206,18 @@ class Runtime:
 
     @property
     def notifier(self):
-        """Chat destinations from the policy; rebuilt when the document's chat section changes."""
-        from .chatops import Notifier
+        """Chat destinations from the policy; rebuilt when the document's chat or approvals section changes."""
+        from .chatops import ApprovalLinks, Notifier
 
-        chat: Chat = self.policy.chat
+        policy = self.policy
+        chat: Chat = policy.chat
+        sections = (chat, policy.approvals)
         with self._lock:
-            if self._notifier is None or self._notifier[0] != chat:
-                self._notifier = (chat, Notifier(chat.destinations, self._resolve))
+            if self._notifier is None or self._notifier[0] != sections:
+                # The signing key is read per message (ApprovalLinks.signer), through the cached resolver.
+                links = ApprovalLinks.from_policy(policy.approvals, self._resolve)
+                notifier = Notifier(chat.destinations, self._resolve, approvals=links, clock=self.clock)
+                self._notifier = (sections, notifier)
             return self._notifier[1]
 
     @cached_property

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from .messages import Message
+from .messages import Decision, Message
+
+if TYPE_CHECKING:
+    from .links import Signer
 
 COLORS = {"info": "#439FE0", "success": "#2EB67D", "warning": "#ECB22E", "danger": "#E01E5A"}
 # Values longer than this get a full-width row: a deadline sentence in half a card is hard to read.
 _SHORT_FIELD = 40
 # A post message is at most 16383 characters; a longer webhook text is split into several posts.
 _TEXT_MAX, _FIELD_MAX = 4000, 2000
+# One Approve button per gateway up to this many; past it the choice is made from the CLI or a link page.
+APPROVE_BUTTONS_MAX = 5
 
 # What Mattermost does with a webhook's text, fallback aside: the server turns `<!channel>` into
 # `@channel` and `<url|text>` into a Markdown link, then finds mentions in the Markdown's text; the
@@ -53,9 +59,31 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def payload(message: Message) -> dict[str, Any]:
-    """`text` for notifications, one attachment with colour, title, fields and footer."""
+def payload(message: Message, signer: Signer | None = None) -> dict[str, Any]:
+    """`text` for notifications, one attachment with colour, title, fields and footer.
+
+    With a `signer` and an open approval request, the attachment gets integration buttons posting
+    signed tokens to the approvals route.
+    """
     text = _cut(escape(message.text), _TEXT_MAX)
+    return {"text": text, "attachments": [_attachment(message, text, signer)]}
+
+
+def request_update(message: Message, open: bool | None = None, signer: Signer | None = None) -> dict[str, Any]:
+    """The integration's answer that rewrites the clicked post: `{"update": {"message", "props"}}`.
+
+    Closed: the card is replaced by one without buttons. Open: with a `signer`, a fresh card with fresh
+    buttons; without one, `props` is left out, so Mattermost keeps the card and buttons the post had.
+    """
+    keep = message.decision is not None if open is None else open
+    text = _cut(escape(message.text), _TEXT_MAX)
+    if keep and signer is None:
+        return {"update": {"message": text}}
+    closed = message if keep else replace(message, decision=None)
+    return {"update": {"message": text, "props": {"attachments": [_attachment(closed, text, signer)]}}}
+
+
+def _attachment(message: Message, text: str, signer: Signer | None) -> dict[str, Any]:
     attachment: dict[str, Any] = {
         "fallback": text,
         "color": COLORS[message.severity],
@@ -67,7 +95,50 @@ def payload(message: Message) -> dict[str, Any]:
         # Newer Mattermost renders the footer as Markdown too.
         "footer": _cut(escape(f"{message.event_type} · {message.subject}"), _FIELD_MAX),
     }
+    lines = []
     if message.actions:
         # Attachment buttons call an integration back server-side; a link opens the signed URL itself.
-        attachment["text"] = " · ".join(f"[{escape(action.label)}]({action.url})" for action in message.actions)
-    return {"text": text, "attachments": [attachment]}
+        lines.append(" · ".join(f"[{escape(action.label)}]({action.url})" for action in message.actions))
+    if message.decision is not None and signer is not None:
+        buttons, note = _decision_actions(message.decision, signer)
+        attachment["actions"] = buttons
+        if note:
+            lines.append(escape(note))
+    if lines:
+        attachment["text"] = "\n\n".join(lines)
+    return attachment
+
+
+def _decision_actions(decision: Decision, signer: Signer) -> tuple[list[dict[str, Any]], str]:
+    """One Approve per gateway (the gateway is inside its token) and one Reject; a sentence when that cannot be."""
+    gateways = decision.gateways
+    note = ""
+    approve: list[tuple[str, str | None]] = []
+    if not gateways:
+        note = "No gateway is available to confirm with: confirm by hand, or add one to the rule."
+    elif len(gateways) == 1:
+        approve = [("Approve", gateways[0])]
+    elif len(gateways) <= APPROVE_BUTTONS_MAX:
+        approve = [(f"Approve with {gateway}", gateway) for gateway in gateways]
+    else:
+        note = (
+            f"{len(gateways)} gateways to choose from: approve with vifgate approve {decision.vif_id} "
+            "--gateway ID --as NAME, or from your own link (vifgate approvals lists them)."
+        )
+    buttons = [
+        _button(f"approve{i}", label, "primary", signer.action_token(decision, "approve", gateway), signer)
+        for i, (label, gateway) in enumerate(approve)
+    ]
+    buttons.append(_button("reject", "Reject", "danger", signer.action_token(decision, "reject", None), signer))
+    return buttons, note
+
+
+def _button(action_id: str, label: str, style: str, token: str, signer: Signer) -> dict[str, Any]:
+    # Mattermost shows the name as plain text; ids are letters and digits only (it refuses `_` and `-`).
+    return {
+        "id": action_id,
+        "type": "button",
+        "name": label,
+        "style": style,
+        "integration": {"url": signer.mattermost_url, "context": {"token": token}},
+    }

@@ -12,6 +12,7 @@ once, before any sentence is written.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,14 @@ VALUE_MAX = 256
 # that reverse what is read, zero-width characters that hide what is there), lone surrogates.
 _HIDDEN = frozenset({"Cc", "Cf", "Cs"})
 _BREAKS = frozenset({"Zl", "Zp"})
+# The ids the gatekeeper writes and approvals.tokens signs: nothing else goes into a button or an option.
+REQUEST_ID = re.compile(r"apr-[0-9a-f]{20}")
+GATEWAY_ID = re.compile(r"vgw-[0-9a-f]{8}(?:[0-9a-f]{9})?")
+# A VIF id is `dxvif-` and 8 characters; it is written twice in the CLI line, which must stay one field.
+VIF_ID_MAX = 64
+APPROVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # config.Name
+# Without a deadline, a request lives a week (the model's rule); used only if an event lacks expires_at.
+REQUEST_LIFE = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,22 @@ class Action:
     label: str
     style: Literal["default", "primary", "danger"]
     url: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An approval request people can answer from the message.
+
+    The ids are the gatekeeper's own (checked against REQUEST_ID and GATEWAY_ID): they are what buttons
+    carry. Names are config names of approvers, used as shown text and in per-approver links.
+    """
+
+    request_id: str
+    vif_id: str
+    approvers: tuple[str, ...]
+    min_approvals: int
+    gateways: tuple[str, ...]
+    expires_at: datetime
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,8 @@ class Message:
     event_type: str
     subject: str
     actions: tuple[Action, ...] = ()
+    # Set while an approval request is open: each chat kind adds its own way to answer it.
+    decision: Decision | None = None
 
 
 @dataclass(frozen=True)
@@ -71,13 +98,16 @@ def render(event: CloudEvent) -> Message:
     data = _shown_data(event.data)
     parts = _RENDERERS[event.type](data, event.time)
     common = _vif_fields(data) if event.type.startswith("vif.") else ()
+    # From the event as sent: only names and ids of the shapes the gatekeeper writes go into buttons.
+    decision = _decision(event.data, event.time) if event.type == "vif.approval_requested" else None
     return Message(
         title=parts.title,
         text=parts.text,
-        fields=common + parts.fields,
+        fields=common + parts.fields + (decision_fields(decision) if decision else ()),
         severity=parts.severity,
         event_type=event.type,
         subject=shown(event.subject),
+        decision=decision,
     )
 
 
@@ -95,6 +125,14 @@ def shown(text: str, limit: int = VALUE_MAX) -> str:
     )
     line = " ".join(spaced.split())
     return line if len(line) <= limit and head == text else line[: limit - 1] + "…"
+
+
+def _request_id(text: str | None) -> bool:
+    return text is not None and REQUEST_ID.fullmatch(text) is not None
+
+
+def _gateway_id(text: str | None) -> bool:
+    return text is not None and GATEWAY_ID.fullmatch(text) is not None
 
 
 def _shown_value(value: Any) -> Any:
@@ -246,7 +284,7 @@ def _state_changed(data: Any, now: datetime) -> _Parts:
 CHANNELS = {"slack": "Slack", "mattermost": "Mattermost", "link": "a signed link", "cli": "the CLI"}
 
 
-def names(people: list[str] | tuple[str, ...]) -> str:
+def names(people: list[str] | tuple[str, ...], word: str = "and") -> str:
     """`alice`, `alice and bob`, `alice, bob and carol`; past one value's length, `alice, bob and 7 more`."""
     shown_ = list(people[:1])
     for person in people[1:]:
@@ -255,8 +293,8 @@ def names(people: list[str] | tuple[str, ...]) -> str:
         shown_.append(person)
     rest = len(people) - len(shown_)
     if rest:
-        return f"{', '.join(shown_)} and {rest} more"
-    return " and ".join(shown_) if len(shown_) <= 2 else f"{', '.join(shown_[:-1])} and {shown_[-1]}"
+        return f"{', '.join(shown_)} {word} {rest} more"
+    return f" {word} ".join(shown_) if len(shown_) <= 2 else f"{', '.join(shown_[:-1])} {word} {shown_[-1]}"
 
 
 def _approvers(data: Any) -> str | None:
@@ -313,6 +351,48 @@ def _approval_requested(data: Any, now: datetime) -> _Parts:
         f"VIF {_who(data)} waits for confirmation: {_sentence(data.reason)}. {_capital(_deadline_clause(data, now))}.",
         "warning",
         fields + _deadline_fields(data, now),
+    )
+
+
+def _decision(data: Any, now: datetime) -> Decision | None:
+    """The open request an approval_requested event names (its data as sent), if people can answer it."""
+    vif_id = data.vif.get("virtualInterfaceId")
+    if not _request_id(data.request_id) or not isinstance(vif_id, str):
+        return None  # notify-only: nobody may approve from chat
+    return Decision(
+        request_id=data.request_id,
+        vif_id=shown(vif_id, VIF_ID_MAX),
+        approvers=_config_names(data.approvers),
+        min_approvals=data.min_approvals or 1,
+        gateways=tuple(g for g in data.gateways if _gateway_id(g)),
+        expires_at=data.expires_at or (data.deadline if data.deadline else now + REQUEST_LIFE),
+    )
+
+
+def _config_names(people: Any) -> tuple[str, ...]:
+    """Approver names as the config writes them; anything else can neither vote nor get a link."""
+    return tuple(name for name in people if isinstance(name, str) and APPROVER_NAME.fullmatch(name))
+
+
+def decision_fields(decision: Decision) -> tuple[Field, ...]:
+    """Who may decide, how many approvals it needs and until when, the gateways, and the CLI that decides."""
+    needed = f"{decision.min_approvals} approval{'' if decision.min_approvals == 1 else 's'}"
+    who = names(decision.approvers, "or") if decision.approvers else "nobody"
+    gateways = decision.gateways
+    if not gateways:
+        gateway: Field = ("Gateway", "none available to confirm with: confirm by hand, or add one to the rule")
+    elif len(gateways) == 1:
+        gateway = ("Gateway", gateways[0])
+    else:
+        gateway = ("Gateways", names(gateways, "or"))
+    choose = " --gateway ID" if len(gateways) > 1 else ""
+    return (
+        ("Who decides", f"{who}; {needed} needed by {at(decision.expires_at)}"),
+        gateway,
+        (
+            "From a terminal",
+            f"vifgate approve {decision.vif_id}{choose} --as NAME, or vifgate reject {decision.vif_id} --as NAME",
+        ),
     )
 
 
@@ -485,3 +565,108 @@ _RENDERERS: dict[str, Callable[[Any, datetime], _Parts]] = {
     "target.failed": _target_failed,
     "target.recovered": _target_recovered,
 }
+
+
+# --- the answer to a vote, for the message people clicked --------------------------------------
+
+_STATUS_TITLES = {
+    "pending": "Approval needed",
+    "approved": "Approved",
+    "rejected": "Rejected",
+    "expired": "Approval request expired",
+    "superseded": "Approval no longer needed",
+}
+_STATUS_SEVERITY: dict[str, Severity] = {
+    "pending": "warning",
+    "approved": "success",
+    "rejected": "warning",
+    "expired": "danger",
+    "superseded": "info",
+}
+
+
+@dataclass(frozen=True)
+class _Where:
+    """The VIF as the common fields want it, from a ledger snapshot."""
+
+    vif: dict[str, Any]
+    target: str
+    region: str | None
+    account: str | None
+
+
+def _instant(value: str | datetime) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def approval_status(
+    request: Any, snapshot: dict[str, Any], target: str, region: str | None, now: datetime, *, note: str | None = None
+) -> Message:
+    """The request as it stands, for replacing the message people answered: title, the VIF, and one progress line.
+
+    `request` is an approvals.model.ApprovalRequest; `note` is a last word from the caller, e.g. that the
+    next scheduled cycle carries the decision out. Buttons stay (`decision`) only while it is pending.
+    """
+    vif = _shown_value({k: v for k, v in snapshot.items() if k != "authKey"})
+    # A region name is short (eu-west-2): a long one must not push the target out of its field.
+    where = _Where(vif, shown(target), shown(region, 64) if region else None, vif.get("ownerAccount"))
+    status = request.status if request.status in _STATUS_TITLES else "pending"
+    approvals = tuple(shown(name) for name in request.approvals)
+    approvers = _config_names(request.approvers)
+    needed = request.min_approvals
+    expires_at = _instant(request.expires_at)
+    line = _progress(request, status, approvals, needed, expires_at)
+    if note:
+        line += f" · {_sentence(shown(note))}"
+    decision = None
+    if status == "pending" and _request_id(request.request_id):
+        decision = Decision(
+            request_id=request.request_id,
+            vif_id=shown(request.vif_id, VIF_ID_MAX),
+            approvers=approvers,
+            min_approvals=needed,
+            gateways=tuple(g for g in request.gateways if _gateway_id(g)),
+            expires_at=expires_at,
+        )
+    done = names(approvals) if approvals else "none"
+    fields: tuple[Field, ...] = (
+        ("Approvals", f"{done} ({len(approvals)} of {needed})"),
+        ("Request", request.request_id),
+    )
+    if decision is not None:
+        fields += decision_fields(decision)
+    elif request.gateway:
+        fields += (("Gateway", shown(request.gateway)),)
+    return Message(
+        title=f"{_STATUS_TITLES[status]}: VIF {_label(where)}",
+        text=line,
+        fields=_vif_fields(where) + fields,
+        severity=_STATUS_SEVERITY[status],
+        event_type="vif.approval_requested",
+        subject=shown(request.vif_id),
+        decision=decision,
+    )
+
+
+def _progress(request: Any, status: str, approvals: tuple[str, ...], needed: int, expires_at: datetime) -> str:
+    """`Approved by alice (1 of 2) · waiting for 1 more`, `Rejected by bob · deleting it now`, ..."""
+    so_far = f"Approved by {names(approvals)} ({len(approvals)} of {needed})" if approvals else ""
+    if status == "approved":
+        gateway = request.gateway or (request.gateways[0] if len(request.gateways) == 1 else None)
+        return f"Approved by {names(approvals)} · confirming " + (f"with {shown(gateway)} now" if gateway else "now")
+    if status == "rejected":
+        rejecter = next((v.approver for v in request.votes if v.vote == "reject"), None)
+        return f"Rejected by {shown(rejecter) if rejecter else 'an approver'} · deleting it now"
+    if status == "expired":
+        return f"Expired at {at(expires_at)} without a decision" + (f" · {so_far}" if so_far else "")
+    if status == "superseded":
+        # The trail's last supersede says why: "superseded: its state is now pending".
+        outcome = next((e.outcome for e in reversed(request.trail) if e.what == "supersede"), "")
+        why = outcome.removeprefix("superseded").lstrip(": ")
+        ended = f"No longer needed: {_sentence(shown(why))}" if why else "No longer needed"
+        return ended + (f" · {so_far}" if so_far else "")
+    if so_far:
+        return f"{so_far} · waiting for {max(needed - len(approvals), 1)} more"
+    who = names(tuple(shown(a) for a in request.approvers), "or") or "nobody"
+    return f"Waiting for {needed} approval{'' if needed == 1 else 's'} from {who}, until {at(expires_at)}"

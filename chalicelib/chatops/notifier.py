@@ -12,6 +12,8 @@ import json
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from functools import partial
 from http.client import HTTPException
@@ -20,16 +22,17 @@ from urllib.parse import urlsplit
 
 from slack_sdk.errors import SlackClientError
 
+from ..approvals import tokens
 from ..config import Destination, SecretRef
 from ..events import CloudEvent
 from ..log import logger
 from . import http, mattermost, slack, teams, webhook
 from .http import Reply
-from .messages import render
+from .links import ApprovalLinks, Signer
+from .messages import Message, render
 
 SLACK_API_URL = slack.API_URL
 _JSON = {"Content-Type": "application/json"}
-_PAYLOADS: dict[str, Callable[..., dict[str, Any]]] = {"mattermost": mattermost.payload, "teams": teams.payload}
 _VISIBLE = re.compile(r"[!-~]+")  # printable ASCII without spaces: URLs and tokens
 # Slack Web API errors that say "not now" rather than "never".
 _SLACK_TRANSIENT = {"internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -72,6 +75,8 @@ class Notifier:
         timeout_seconds: float = 5.0,
         slack_api_url: str = SLACK_API_URL,
         sleep: Callable[[float], None] = time.sleep,
+        approvals: ApprovalLinks | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ):
         self.destinations = list(destinations)
         self.resolve = resolve
@@ -79,6 +84,9 @@ class Notifier:
         self.timeout_seconds = timeout_seconds
         self.slack_api_url = slack_api_url
         self.sleep = sleep
+        # Without it (no base_url or signing_key), approval requests say how to decide from the CLI.
+        self.approvals = approvals
+        self.clock = clock
 
     def destinations_for(self, event: CloudEvent) -> list[Destination]:
         """The destinations with a glob (`vif.*`, `target.failed`, `*`) matching the event's type."""
@@ -132,21 +140,50 @@ class Notifier:
             # Signed at each attempt: a retry after a Retry-After wait carries a fresh timestamp.
             return lambda: http.reply(url, *webhook.request(event, signing, time.time()), timeout=timeout)
         message = render(event)
+        body = self._body(message, destination)
         if destination.token is not None and destination.channel:  # config requires the channel with a token
             token = self._token(destination)
             return partial(
-                slack.post_message,
-                token,
-                destination.channel,
-                slack.payload(message),
-                api_url=self.slack_api_url,
-                timeout=timeout,
+                slack.post_message, token, destination.channel, body, api_url=self.slack_api_url, timeout=timeout
             )
         url = self._url(destination)
         if destination.kind == "slack":
-            return partial(slack.post_webhook, url, slack.payload(message), timeout=timeout)
-        body = json.dumps(_PAYLOADS[destination.kind](message)).encode()
-        return partial(http.reply, url, body, _JSON, timeout=timeout)
+            return partial(slack.post_webhook, url, body, timeout=timeout)
+        return partial(http.reply, url, json.dumps(body).encode(), _JSON, timeout=timeout)
+
+    def _body(self, message: Message, destination: Destination) -> dict[str, Any]:
+        """The chat kind's payload; an open approval request gets that kind's way to answer it."""
+        signer = self._approval_signer(destination) if message.decision is not None else None
+        try:
+            if destination.kind == "slack":
+                return slack.payload(message, buttons=signer is not None and signer.links.slack)
+            if destination.kind == "mattermost":
+                return mattermost.payload(message, signer)
+            return teams.payload(message, signer, self.clock())
+        except ValueError as error:  # tokens.WeakKey, or a name the tokens cannot carry
+            # The message still goes out, with its CLI line: a person can decide, just not from here.
+            weak = isinstance(error, tokens.WeakKey)
+            logger.warning(
+                "approval buttons left out: "
+                + ("the approvals signing_key is too short" if weak else "the request cannot be signed"),
+                extra={"destination": destination.name, "kind": destination.kind, "error_type": type(error).__name__},
+            )
+            return self._body(replace(message, decision=None), destination)
+
+    def _approval_signer(self, destination: Destination) -> Signer | None:
+        """The approvals key, read for this message; None (no buttons) when it is not configured or unreadable."""
+        if self.approvals is None:
+            return None
+        try:
+            return self.approvals.signer()
+        except SecretUnavailable as error:  # the store is throttling or down: the buttons are worth a retry
+            raise RetryLater(destination, f"cannot read the approvals signing_key right now ({error})") from None
+        except Exception as error:  # missing or denied: retrying will not help; the CLI line still works
+            logger.warning(
+                "approval buttons left out: cannot read the approvals signing_key",
+                extra={"destination": destination.name, "kind": destination.kind, "error_type": type(error).__name__},
+            )
+            return None
 
     def _secret(self, destination: Destination, field: str) -> str:
         try:

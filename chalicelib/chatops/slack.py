@@ -13,16 +13,19 @@ from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
     ButtonElement,
+    ConfirmObject,
     ContextBlock,
     HeaderBlock,
     MarkdownTextObject,
+    Option,
     PlainTextObject,
     SectionBlock,
+    StaticSelectElement,
 )
 from slack_sdk.webhook import WebhookClient
 
 from .http import Reply, header
-from .messages import Message
+from .messages import Decision, Message
 
 API_URL = "https://slack.com/api/"
 
@@ -36,6 +39,10 @@ _SDK_LOGGER.propagate = False
 # Block Kit limits; slack_sdk refuses to serialize a block past them.
 _HEADER_MAX, _TEXT_MAX, _FIELD_MAX, _FIELDS_PER_SECTION, _BUTTON_MAX = 150, 3000, 2000, 10, 75
 _BUTTON_STYLES = {"primary": "primary", "danger": "danger"}
+# What the approval route reads back: the action ids, and the value of each button (the request id).
+APPROVE, REJECT, GATEWAY = "vifgate_approve", "vifgate_reject", "vifgate_gateway"
+DECISION_BLOCK = "vifgate_decision"
+_OPTIONS_MAX, _CONFIRM_TITLE_MAX, _CONFIRM_TEXT_MAX = 100, 100, 300
 _ERROR_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 
@@ -56,8 +63,12 @@ def _mrkdwn(text: str, limit: int = _TEXT_MAX) -> MarkdownTextObject:
     return MarkdownTextObject(text=_cut(text, limit), verbatim=True)
 
 
-def blocks(message: Message) -> list[Block]:
-    """Header, the sentence, the fields (ten per section), the buttons, then type and subject."""
+def blocks(message: Message, *, buttons: bool = False) -> list[Block]:
+    """Header, the sentence, the fields (ten per section), the buttons, then type and subject.
+
+    With `buttons` and an open approval request, Approve / Reject (and a gateway choice when there are
+    several) that Slack posts to the approvals route; without, people decide from the CLI line.
+    """
     # plain_text is never parsed for links or mentions; emoji=False keeps `:shortcode:` as typed.
     header = HeaderBlock(text=PlainTextObject(text=_cut(message.title, _HEADER_MAX), emoji=False))
     result: list[Block] = [header, SectionBlock(text=_mrkdwn(escape(message.text)))]
@@ -79,18 +90,86 @@ def blocks(message: Message) -> list[Block]:
                 ]
             )
         )
+    if buttons and message.decision is not None:
+        result += _decision_blocks(message.decision, message.subject)
     result.append(ContextBlock(elements=[_mrkdwn(escape(f"{message.event_type} · {message.subject}"))]))
     return result
 
 
-def payload(message: Message) -> dict[str, Any]:
+def _decision_blocks(decision: Decision, vif: str) -> list[Block]:
+    """The gateway choice, Approve and Reject: values and options hold only the gatekeeper's own ids."""
+    gateways = decision.gateways[:_OPTIONS_MAX]
+    elements: list[Any] = []
+    if len(gateways) > 1:
+        elements.append(
+            StaticSelectElement(
+                action_id=GATEWAY,
+                placeholder=PlainTextObject(text="Choose a gateway, then Approve", emoji=False),
+                options=[Option(text=PlainTextObject(text=g, emoji=False), value=g) for g in gateways],
+            )
+        )
+    if gateways:  # with none to confirm with, an approval is refused: only Reject is offered
+        elements.append(
+            ButtonElement(
+                text=PlainTextObject(text="Approve", emoji=False),
+                action_id=APPROVE,
+                value=decision.request_id,
+                style="primary",
+            )
+        )
+    elements.append(
+        ButtonElement(
+            text=PlainTextObject(text="Reject", emoji=False),
+            action_id=REJECT,
+            value=decision.request_id,
+            style="danger",
+            # Deleting a VIF cannot be undone: the partner must create it again.
+            confirm=ConfirmObject(
+                title=PlainTextObject(text="Reject this VIF?", emoji=False),
+                text=PlainTextObject(
+                    text=_cut(f"VIF {vif} will be deleted; the partner must create it again.", _CONFIRM_TEXT_MAX),
+                    emoji=False,
+                ),
+                confirm=PlainTextObject(text="Reject", emoji=False),
+                deny=PlainTextObject(text="Cancel", emoji=False),
+                style="danger",
+            ),
+        )
+    )
+    result: list[Block] = [ActionsBlock(block_id=DECISION_BLOCK, elements=elements)]
+    if len(decision.gateways) > _OPTIONS_MAX:
+        more = len(decision.gateways) - _OPTIONS_MAX
+        result.append(
+            ContextBlock(
+                elements=[
+                    _mrkdwn(escape(f"{more} more gateways are not listed: choose one with vifgate approve --gateway."))
+                ]
+            )
+        )
+    return result
+
+
+def payload(message: Message, *, buttons: bool = False) -> dict[str, Any]:
     """The message body; `text` is what notifications and screen readers show."""
     return {
         "text": _cut(escape(message.text), _TEXT_MAX),
-        "blocks": [block.to_dict() for block in blocks(message)],
+        "blocks": [block.to_dict() for block in blocks(message, buttons=buttons)],
         # A URL in a VIF name gets no preview card fetched and shown under the message.
         "unfurl_links": False,
         "unfurl_media": False,
+    }
+
+
+def request_update(message: Message, open: bool | None = None) -> dict[str, Any]:
+    """A `response_url` body replacing the clicked message; the buttons stay only while the request is open.
+
+    `open` defaults to whether the message still has an open request (messages.approval_status sets it).
+    """
+    keep = message.decision is not None if open is None else open
+    return {
+        "replace_original": True,
+        "text": _cut(escape(message.text), _TEXT_MAX),
+        "blocks": [block.to_dict() for block in blocks(message, buttons=keep)],
     }
 
 

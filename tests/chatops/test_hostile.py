@@ -10,13 +10,15 @@ import html
 import json
 import re
 import unicodedata
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
 from chalicelib import events
-from chalicelib.chatops import mattermost, render, slack, teams, webhook
+from chalicelib.approvals import model, tokens
+from chalicelib.chatops import ApprovalLinks, Message, approval_status, mattermost, render, slack, teams, webhook
 from chalicelib.chatops.messages import VALUE_MAX
 
 from .conftest import DEADLINE, FIRST_SEEN, NOW, RAW_VIF
@@ -60,6 +62,23 @@ TEAMS_MESSAGE = 28 * 1024  # bytes of a Teams message, card included
 
 DEADLINE_DATA = {"deadline": DEADLINE, "deadline_certain": True, "first_seen_at": FIRST_SEEN}
 REQUEST = {"request_id": "apr-0123456789abcdef0123"}
+GATEWAYS = ["vgw-12345678", "vgw-87654321"]
+# Buttons and links as the notifier adds them when approvals are configured.
+KEY = "hostile-tests-approvals-signing-key-0123456789"
+SIGNER = ApprovalLinks(base_url="https://gate.example.com", link_ttl=timedelta(hours=24), read_key=lambda: KEY).signer()
+
+
+def open_request(value: str) -> dict[str, Any]:
+    """An open request whose approvers and gateways include `value`."""
+    return {
+        **REQUEST,
+        "approvers": [value, "alice"],
+        "min_approvals": 2,
+        "gateways": [value, *GATEWAYS],
+        "expires_at": DEADLINE,
+    }
+
+
 APPROVAL = {**REQUEST, "min_approvals": 2}
 
 
@@ -104,6 +123,7 @@ def hostile_events(value: str) -> list[Any]:
         vif("vif.rejected", by="approver", approver=value, reason=value),
         vif("vif.rejected", by="approver", approver=value, approvers=[value], channel="link", reason=value, **REQUEST),
         vif("vif.approval_requested", reason=value, rule=value, **DEADLINE_DATA),
+        vif("vif.approval_requested", reason=value, rule=value, **DEADLINE_DATA, **open_request(value)),
         vif("vif.approval_vote", **APPROVAL, approvals=[value], status="pending", **vote(value, "approve")),
         vif("vif.approval_vote", **APPROVAL, approvals=[value, value], status="approved", **vote(value, "approve")),
         vif("vif.approval_vote", **APPROVAL, approvals=[], status="rejected", **vote(value, "reject")),
@@ -164,10 +184,17 @@ def test_the_message_is_one_short_printable_line_per_string(value, event):
 
 @pytest.mark.parametrize("value, event", CASES)
 def test_slack_shows_partner_strings_as_text(value, event):
-    body = slack.payload(render(event))
+    body = slack.payload(render(event), buttons=True)
     assert body["unfurl_links"] is False and body["unfurl_media"] is False
+    _slack_is_text(body)
+
+
+def _slack_is_text(body: dict) -> None:
     texts: list[tuple[str, str]] = [("text", body["text"])]
     for block in body["blocks"]:
+        if block["type"] == "actions":
+            _slack_buttons_carry_only_our_ids(block)
+            continue
         objects = [block["text"]] if "text" in block else []
         objects += block.get("fields", []) + [e for e in block.get("elements", []) if "type" in e]
         for obj in objects:
@@ -192,6 +219,23 @@ def test_slack_shows_partner_strings_as_text(value, event):
     assert all(len(f["text"]) <= SLACK_FIELD for b in body["blocks"] for f in b.get("fields", []))
 
 
+def _slack_buttons_carry_only_our_ids(block: dict) -> None:
+    """Values and options hold the request id and gateway ids; every label is plain text."""
+    for element in block["elements"]:
+        if element["type"] == "button":
+            assert element["value"] == REQUEST["request_id"] and "url" not in element
+            labels = [element["text"]] + (
+                [element["confirm"][k] for k in ("title", "text", "confirm", "deny")] if "confirm" in element else []
+            )
+        else:
+            assert element["type"] == "static_select"
+            assert [o["value"] for o in element["options"]] == GATEWAYS
+            labels = [element["placeholder"]] + [o["text"] for o in element["options"]]
+        for label in labels:
+            assert label["type"] == "plain_text" and label["emoji"] is False
+            _no_invisible(label["text"])
+
+
 # --- Mattermost ----------------------------------------------------------------------------------
 
 # Mattermost (marked in the web app, commonmark in the mobile app, its own parser on the server for
@@ -204,13 +248,26 @@ _MM_LINE_START = re.compile(r"^(?:[-+=]|\d+[.)]|\s)")
 def _mattermost_strings(body: dict) -> list[str]:
     (attachment,) = body["attachments"]
     fields = [f["value"] for f in attachment["fields"]] + [f["title"] for f in attachment["fields"]]
-    return [body["text"], attachment["fallback"], attachment["title"], attachment["footer"], *fields]
+    extra = [attachment["text"]] if "text" in attachment else []
+    return [body["text"], attachment["fallback"], attachment["title"], attachment["footer"], *fields, *extra]
+
+
+def _mattermost_actions_carry_only_tokens(body: dict) -> None:
+    for action in body["attachments"][0].get("actions", []):
+        assert re.fullmatch(r"Approve|Approve with vgw-[0-9a-f]{8}|Reject", action["name"]), action["name"]
+        grant = tokens.read_action(KEY, action["integration"]["context"]["token"], NOW)
+        assert grant.request_id == REQUEST["request_id"] and grant.gateway in (None, *GATEWAYS)
 
 
 @pytest.mark.parametrize("value, event", CASES)
 def test_mattermost_shows_partner_strings_as_text(value, event):
     message = render(event)
-    body = mattermost.payload(message)
+    body = mattermost.payload(message, SIGNER)
+    _mattermost_actions_carry_only_tokens(body)
+    _mattermost_is_text(body, message)
+
+
+def _mattermost_is_text(body: dict, message: Message) -> None:
     for text in _mattermost_strings(body):
         live = _MM_LIVE.findall(_MM_ESCAPED.sub("", text))
         assert not live, f"live markup {live} in {text[:200]!r}"
@@ -248,8 +305,17 @@ def _elements(node: Any):
 @pytest.mark.parametrize("value, event", CASES)
 def test_teams_puts_partner_strings_only_where_markdown_is_not_parsed(value, event):
     message = render(event)
-    body = teams.payload(message)
+    _teams_is_text(teams.payload(message, SIGNER, NOW), message)
+
+
+def _teams_is_text(body: dict, message: Message) -> None:
     card = body["attachments"][0]["content"]
+    for element in _elements(card["body"]):
+        if element["type"] == "Action.OpenUrl":
+            # only approvers whose config-shaped name a link can carry get one
+            assert element["title"] == "Review as alice", element["title"][:80]
+            token = element["url"].removeprefix("https://gate.example.com/approvals/link/")
+            assert tokens.read_link(KEY, token, NOW).approver == "alice"
     types = {e["type"] for e in _elements(card["body"])}
     # TextBlock and FactSet values are Markdown in Teams; a TextRun's text never is.
     assert not types & {"TextBlock", "FactSet"}, types
@@ -261,6 +327,55 @@ def test_teams_puts_partner_strings_only_where_markdown_is_not_parsed(value, eve
     assert message.title in runs and message.text in runs
     assert all(value_ in runs for _, value_ in message.fields)
     assert len(json.dumps(body).encode()) <= TEAMS_MESSAGE
+
+
+# --- the routes' answers: the request as it stands --------------------------------------------------
+
+
+def hostile_requests(value: str) -> list[model.ApprovalRequest]:
+    """A request at each status, whose approvers, voters, target, VIF and reasons all carry `value`."""
+    base = model.ApprovalRequest(
+        request_id=REQUEST["request_id"],
+        target=value,
+        vif_id=value,
+        created_at="2026-11-24T03:30:00Z",
+        expires_at="2026-11-28T09:00:00Z",
+        gateways=(value, *GATEWAYS),
+        approvers=(value, "alice"),
+        min_approvals=2,
+        rule=value,
+    )
+
+    def voted(*votes: str) -> tuple[model.Vote, ...]:
+        return tuple(model.Vote(value, value, "slack", how, GATEWAYS[0], "2026-11-24T04:00:00Z") for how in votes)
+
+    def trail(outcome: str) -> tuple[model.TrailEntry, ...]:
+        return (model.TrailEntry("2026-11-24T04:00:00Z", value, value, "slack", "supersede", None, outcome),)
+
+    return [
+        base,
+        replace(base, votes=voted("approve")),
+        replace(base, status="approved", gateway=value, votes=voted("approve", "approve")),
+        replace(base, status="rejected", votes=voted("reject")),
+        replace(base, status="expired", votes=voted("approve")),
+        replace(base, status="superseded", trail=trail(f"superseded: {value}")),
+        replace(base, status=value),
+    ]
+
+
+@pytest.mark.parametrize("value", [pytest.param(v, id=k) for k, v in HOSTILE.items()])
+def test_the_routes_answers_show_hostile_names_as_text(value):
+    snapshot = {**{k: v for k, v in RAW_VIF.items() if k != "authKey"}, "virtualInterfaceName": value}
+    for request in hostile_requests(value):
+        message = approval_status(request, snapshot, value, value, NOW, note=value)
+        for text in [message.title, message.text, message.subject, *(s for pair in message.fields for s in pair)]:
+            _no_invisible(text)
+        assert len(message.text) <= 8 * VALUE_MAX and all(len(v) <= 2 * VALUE_MAX for _, v in message.fields)
+        _slack_is_text(slack.request_update(message))
+        update = mattermost.request_update(message, signer=SIGNER)["update"]
+        as_post = {"text": update["message"], "attachments": update["props"]["attachments"]}
+        _mattermost_actions_carry_only_tokens(as_post)
+        _mattermost_is_text(as_post, message)
 
 
 # --- generic webhook -----------------------------------------------------------------------------
