@@ -345,7 +345,8 @@ def _rejected(data: Any, now: datetime) -> _Parts:
 
 
 def _approval_requested(data: Any, now: datetime) -> _Parts:
-    fields = (("Reason", _sentence(data.reason)), *_deciders(data))
+    # Who may decide and the request id come with the decision (decision_fields): nobody has decided yet.
+    fields = (("Reason", _sentence(data.reason)), *((("Rule", data.rule),) if data.rule else ()))
     return _Parts(
         f"Approval needed: VIF {_label(data)}",
         f"VIF {_who(data)} waits for confirmation: {_sentence(data.reason)}. {_capital(_deadline_clause(data, now))}.",
@@ -389,6 +390,7 @@ def decision_fields(decision: Decision) -> tuple[Field, ...]:
     return (
         ("Who decides", f"{who}; {needed} needed by {at(decision.expires_at)}"),
         gateway,
+        ("Request", decision.request_id),
         (
             "From a terminal",
             f"vifgate approve {decision.vif_id}{choose} --as NAME, or vifgate reject {decision.vif_id} --as NAME",
@@ -630,14 +632,13 @@ def approval_status(
             expires_at=expires_at,
         )
     done = names(approvals) if approvals else "none"
-    fields: tuple[Field, ...] = (
-        ("Approvals", f"{done} ({len(approvals)} of {needed})"),
-        ("Request", request.request_id),
-    )
+    fields: tuple[Field, ...] = (("Approvals", f"{done} ({len(approvals)} of {needed})"),)
     if decision is not None:
         fields += decision_fields(decision)
-    elif request.gateway:
-        fields += (("Gateway", shown(request.gateway)),)
+    else:
+        fields += (("Request", shown(request.request_id)),)
+        if request.gateway:
+            fields += (("Gateway", shown(request.gateway)),)
     return Message(
         title=f"{_STATUS_TITLES[status]}: VIF {_label(where)}",
         text=line,

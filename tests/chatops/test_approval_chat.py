@@ -484,3 +484,12 @@ def test_without_approvals_the_runtime_notifier_has_no_links():
     from sandbox import scenario
 
     assert runtime_for(scenario.CONFIG, lambda ref: "").notifier.approvals is None
+
+
+@pytest.mark.parametrize("request_", [PENDING, ONE, BOTH, REJECTED], ids=["pending", "one", "approved", "rejected"])
+def test_each_field_once(request_):
+    for message in (status(request_), render(requested())):
+        labels = [label for label, _ in message.fields]
+        assert len(labels) == len(set(labels)), labels
+    # nobody has decided yet: the request names who may, not "Approvers"
+    assert "Approvers" not in dict(render(requested()).fields)
