@@ -633,9 +633,10 @@ def _request_text(request: ApprovalRequest, record: VifRecord, row: dict) -> str
         "",
         f"{request.vif_id}  {_vif_name(record)}  (target {record.target}, account "
         f"{_printable(str(record.snapshot.get('ownerAccount') or '?'))})  request {request.request_id}",
-        f"  deadline   {_deadline(record)}; the request expires {_when(request.expires_at)}",
+        f"  deadline   {_deadline(record)}"
+        + ("" if request.expires_at == record.deadline else f"; the request expires {_when(request.expires_at)}"),
         f"  gateways   {gateways}",
-        f"  approvals  {len(request.approvals)} of {request.min_approvals}: {request.progress()}",
+        f"  approvals  {request.progress()}",
         f"  who        {', '.join(request.approvers)}",
     ]
     for vote in request.votes:
@@ -749,6 +750,15 @@ def _carry_out(runtime: Runtime, request: ApprovalRequest, args: argparse.Namesp
     return EXIT_TARGET_FAILED if outcome.action in ("failed", "unknown") else EXIT_OK
 
 
+def _decision(record: VifRecord) -> str:
+    """What was decided for good (confirmed, rejected), else what the last cycle decided."""
+    if record.confirmed_at:
+        return f"confirmed {_when(record.confirmed_at)}" + (f" with {record.gateway}" if record.gateway else "")
+    if record.rejected_at:
+        return f"rejected {_when(record.rejected_at)}"
+    return _printable(record.last_decision or "-")
+
+
 def _status(args: argparse.Namespace) -> int:
     """`vifgate status`: every VIF the ledger tracks, across the policy's targets."""
     try:
@@ -790,7 +800,7 @@ def _status(args: argparse.Namespace) -> int:
             _vif_name(r),
             _printable(r.state),
             (_when(r.deadline) + ("" if r.deadline_certain else " (at the latest)")) if r.deadline else "-",
-            _printable(r.last_decision or "-"),
+            _decision(r),
             f"{r.approval.status}: {r.approval.progress()}" if r.approval else "-",
         )
         for r in records
