@@ -51,7 +51,9 @@ def _incoming():
     from chalicelib.approvals.web import Incoming
 
     request = app.current_request
-    return Incoming(headers=dict(request.headers), body=request.raw_body or b"")
+    assert request is not None  # Chalice sets it for every route invocation
+    body = request.raw_body or b""
+    return Incoming(headers=dict(request.headers), body=body.encode() if isinstance(body, str) else body)
 
 
 # The approval routes: verify, record the vote, trigger the poller for that target, answer.
