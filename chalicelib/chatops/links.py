@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from ..approvals.tokens import link_expiry, mint_action, mint_link
-from ..config import SecretRef
+from ..config import Approvals, SecretRef
 from .messages import Decision
 
-SLACK_PATH = "/approvals/slack"
 MATTERMOST_PATH = "/approvals/mattermost"
 LINK_PATH = "/approvals/link/"
 
@@ -32,7 +31,7 @@ class ApprovalLinks:
     slack: bool = True
 
     @classmethod
-    def from_policy(cls, approvals, resolve: Callable[[SecretRef], str]) -> ApprovalLinks | None:
+    def from_policy(cls, approvals: Approvals | None, resolve: Callable[[SecretRef], str]) -> ApprovalLinks | None:
         """From the policy's `approvals` section; None when it has no base_url or no signing_key."""
         if approvals is None or not approvals.base_url or approvals.signing_key is None:
             return None
