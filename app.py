@@ -5,6 +5,7 @@ import os
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
 from chalicelib import reconcile, runtime
+from chalicelib.approvals.trigger import POLL_NOW_SOURCE
 from chalicelib.config import ConfigError
 from chalicelib.log import logger
 
@@ -27,7 +28,16 @@ def poll(event):
     remaining = event.context.get_remaining_time_in_millis() / 1000
     flush = min(FLUSH_RESERVE_SECONDS, remaining / 4)
     try:
-        report = reconcile.run_cycle(runtime.get(), budget_seconds=remaining - flush - 1, flush_seconds=flush)
+        current, targets = runtime.get(), None
+        if event.source == POLL_NOW_SOURCE:  # an approval's "carry it out now": only the targets it names
+            try:
+                targets = reconcile.poll_now_targets(event.detail, current.policy)
+            except ValueError as exc:  # never "everything" for an event that names nothing we know
+                logger.error("poll-now event refused: nothing polled", extra={"error": str(exc)})
+                return {"polled": [], "refused": str(exc)}
+        report = reconcile.run_cycle(
+            current, budget_seconds=remaining - flush - 1, flush_seconds=flush, targets=targets
+        )
         return report.summary()
     except ConfigError as exc:
         # Fail closed and loudly: nothing was confirmed, and the invocation counts as an error.

@@ -20,12 +20,14 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import events, publish, transitions
+from .approvals import model
+from .approvals.model import ApprovalRequest
 from .config import Policy, Target
 from .directlink import DirectLinkApi, TargetError
-from .ledger import ClaimLost, TargetRecords, VifRecord, iso
+from .ledger import ApprovalChanged, ClaimLost, TargetRecords, VifRecord, iso
 from .log import logger
-from .models import CONFIRMING, VirtualInterface
-from .policy import Ask, Confirm, Decision, Reject, decide, matching_rule
+from .models import CONFIRMING, VirtualGateway, VirtualInterface
+from .policy import Ask, Confirm, Decision, Ignore, Reject, decide, matching_rule
 from .runtime import Runtime
 
 # What happened to a VIF in this cycle, as `vifgate poll --json` reports it.
@@ -160,12 +162,37 @@ class TargetRun:
     def in_time(self, before: str) -> None:
         self.deadline.check(self.target.name, before)
 
-    def save(self, entry: VifRecord, sighting: transitions.Sighting | None = None) -> None:
-        """Write a record and its events, unless the budget is spent (then the next cycle redoes it)."""
+    def save(
+        self, entry: VifRecord, sighting: transitions.Sighting | None = None, approval: ApprovalRequest | None = None
+    ) -> None:
+        """Write a record, its events and a new approval request, unless the budget is spent (the next cycle does)."""
         self.in_time(f"writing {entry.vif_id}")
-        self.runtime.ledger.save(entry, sighting.events if sighting else ())
+        events = sighting.events if sighting else ()
+        if approval is None:  # the plain write, as before approvals (tests stand in for it with that signature)
+            self.runtime.ledger.save(entry, events)
+        else:
+            self.runtime.ledger.save(entry, events, approval=approval)
         if sighting:
             sighting.written()
+
+    def change_approval(self, sighting: transitions.Sighting, change: transitions.ApprovalChange | None) -> None:
+        """Expire or supersede a request, conditional on its version; a vote cast meanwhile wins this cycle."""
+        if change is None or not self.mode.records:
+            return
+        entry = sighting.entry
+        self.in_time(f"updating the approval request of {entry.vif_id}")
+        produced = [change.event] if change.event is not None else []
+        try:
+            self.runtime.ledger.update_approval(change.before, change.after, produced, require_confirming=False)
+        except ApprovalChanged:
+            # Someone voted (or another poller wrote) since the read: the next cycle reads it again.
+            logger.info(
+                "approval request changed meanwhile; the next cycle looks again",
+                extra={"target": entry.target, "vif_id": entry.vif_id, "request_id": change.before.request_id},
+            )
+            return
+        entry.approval = change.after
+        sighting.emitted.extend(produced)
 
 
 def run_cycle(
@@ -184,6 +211,7 @@ def run_cycle(
     the others are still sent before the Lambda's time runs out; their threads check the same
     deadline before every claim, API write and ledger write, and do nothing more once it passed.
     `flush_seconds`: how long sending the outbox may take after that.
+    `targets`: poll only these (an approval's poll-now); None polls every target.
     Raises ConfigError before anything happens when the policy is invalid.
     """
     policy = runtime.policy
@@ -230,6 +258,19 @@ def run_cycle(
         report.delivery = _flush(runtime, Deadline.after(flush_seconds))
     logger.info("cycle done", extra=report.summary())
     return report
+
+
+def poll_now_targets(detail: object, policy: Policy) -> list[str]:
+    """The targets a poll-now event names, each once; ValueError says what is wrong (then nothing is polled)."""
+    names = detail.get("targets") if isinstance(detail, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("detail.targets: expected a non-empty list of target names")
+    known = {t.name for t in policy.targets}
+    unknown = [n for n in names if n not in known]
+    if unknown:  # names are data from an event: quoted and cut short, never more than a few
+        shown = ", ".join(repr(n[:64]) for n in unknown[:5])
+        raise ValueError(f"detail.targets: not a target of the policy: {shown}")
+    return list(dict.fromkeys(names))
 
 
 def _flush(runtime: Runtime, deadline: Deadline) -> publish.FlushReport | None:
@@ -291,10 +332,11 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
     now = run.now()
     known = runtime.ledger.load(target.name) if run.mode.records else TargetRecords(target.name, {}, None)
 
-    # DescribeVirtualGateways only when some VIF may be confirmed: most cycles have none.
+    # DescribeVirtualGateways only when some VIF may be confirmed, or an approval request needs the
+    # account's gateways to choose from: most cycles have neither.
     wants_gateway = any(
         v.state == CONFIRMING and (r := matching_rule(v, policy, target)) and r.action == "confirm" for v in vifs
-    )
+    ) or any(_needs_gateways(v, known.vifs.get(v.id), policy, target) for v in vifs)
     gateways = _gateways(api) if wants_gateway else {}
 
     outcomes, produced = [], []
@@ -311,29 +353,25 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
             entry.rule = getattr(decision, "rule", None)
             entry.gateway = getattr(decision, "gateway", None)
         action, reason = _DECIDED.get(decision.action, decision.action), decision.reason
+        shown: Decision = decision  # what the report shows: people's decision once it is carried out
+        opened: ApprovalRequest | None = None
         if settled:
             action, reason = settled, f"{settled} by an earlier cycle that could not record it; recorded now"
         elif isinstance(decision, Confirm | Reject):
             action, reason = _act(run, sighting, vif, decision)
-        elif isinstance(decision, Ask) and not entry.approval_requested_at:
-            entry.approval_requested_at = iso(now)
-            sighting.emit(
-                "vif.approval_requested",
-                now,
-                vif,
-                reason=decision.reason,
-                rule=decision.rule,
-                **sighting.deadline_fields(),
-            )
+        elif isinstance(decision, Ask):
+            action, reason, shown, opened = _ask(run, sighting, vif, decision, gateways, now)
         if action not in ("confirmed", "rejected"):  # no "expires soon" for a VIF just settled
             transitions.expiry_warning(sighting, vif, now, policy)
         transitions.stuck_pending(sighting, vif, now, policy)
         if action != "unknown":  # an unknown outcome keeps what the ledger said
             entry.last_decision = action
-        if run.mode.records and sighting.changed:
-            run.save(entry, sighting)
+        if run.mode.records and (sighting.changed or opened is not None):
+            run.save(entry, sighting, approval=opened)
+        how = _settled_how(entry, decision, action)
+        run.change_approval(sighting, transitions.approval_followup(sighting, vif, run.now(), how))
         produced += sighting.emitted
-        outcomes.append(_outcome(target.name, vif, entry, decision, action, reason))
+        outcomes.append(_outcome(target.name, vif, entry, shown, action, reason))
         logger.info(
             "vif decided",
             extra={
@@ -354,6 +392,7 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
             if gone.vif_id not in listed and gone.gone_at is None:
                 sighting = transitions.disappeared(gone, run.now(), target.region, run.publishing)
                 run.save(sighting.entry, sighting)
+                run.change_approval(sighting, transitions.approval_followup(sighting, None, run.now()))
                 produced += sighting.emitted
         run.in_time("marking the target polled")
         since = iso(known.failing_since) if known.failing_since else None
@@ -379,6 +418,111 @@ def _recovered(run: TargetRun) -> Callable[[str], Any]:
     return build
 
 
+def _needs_gateways(vif: VirtualInterface, record: VifRecord | None, policy: Policy, target: Target) -> bool:
+    """An approval request is to be opened from the account's gateways, or an approved one checked against them."""
+    if vif.state != CONFIRMING:
+        return False
+    request = record.approval if record else None
+    if request is not None:
+        return request.status == "approved"
+    # The gateways cannot change whether an ask rule or the default action asks, nor who approves.
+    decision = decide(vif, {}, policy, target)
+    return isinstance(decision, Ask) and bool(decision.approvers) and decision.gateways is None
+
+
+def _settled_how(entry: VifRecord, decision: Decision, action: str) -> str | None:
+    """How the policy, not people, settled the VIF this cycle (a pending request is then superseded)."""
+    if isinstance(decision, Ask):  # people's request: carried out for them, or still theirs to answer
+        return None
+    if action in ("confirmed", "rejected"):
+        return f"{action} by rule {entry.rule}" if entry.rule else f"{action} by default_action"
+    if isinstance(decision, Ignore):
+        return f"no longer asked: {decision.reason}"
+    return None
+
+
+def _ask(
+    run: TargetRun,
+    sighting: transitions.Sighting,
+    vif: VirtualInterface,
+    decision: Ask,
+    gateways: dict[str, VirtualGateway] | None,
+    now: datetime,
+) -> tuple[str, str, Decision, ApprovalRequest | None]:
+    """Ask people; open their approval request once; carry out what they decided.
+
+    Returns the action, its reason, the decision to report, and a request to save with the record.
+    """
+    entry = sighting.entry
+    request = entry.approval
+    if request is None:
+        if not decision.approvers:  # notify-only, as before approvals existed
+            if not entry.approval_requested_at:
+                transitions.approval_requested(sighting, vif, now, decision, None)
+            return "ask", decision.reason, decision, None
+        if decision.gateways is not None:
+            choices: tuple[str, ...] = tuple(decision.gateways)
+        elif gateways is None:
+            why = "no approval request yet: the account's virtual gateways could not be listed this cycle"
+            return "ask", f"{decision.reason}; {why}", decision, None
+        else:
+            choices = tuple(sorted(g.virtual_gateway_id for g in gateways.values() if g.available))
+        request = model.new_request(
+            target=entry.target,
+            vif_id=entry.vif_id,
+            spell=entry.seen_since or entry.first_seen_at,
+            now=now,
+            deadline=entry.deadline,
+            gateways=choices,
+            approvers=decision.approvers,
+            min_approvals=decision.min_approvals,
+            rule=decision.rule,
+        )
+        transitions.approval_requested(sighting, vif, now, decision, request)
+        asked = f"approval request {request.request_id} for {', '.join(request.approvers)}"
+        return "ask", f"{decision.reason}; {asked}", decision, request
+    if request.status in ("approved", "rejected"):
+        action, reason, shown = _carry_out(run, sighting, vif, request, gateways)
+        return action, reason, shown, None
+    if request.status == "pending":
+        return "ask", f"{decision.reason}; waiting for approval ({request.progress()})", decision, None
+    return "ask", f"{decision.reason}; approval request {request.request_id} {request.status}", decision, None
+
+
+def _carry_out(
+    run: TargetRun,
+    sighting: transitions.Sighting,
+    vif: VirtualInterface,
+    request: ApprovalRequest,
+    gateways: dict[str, VirtualGateway] | None,
+) -> tuple[str, str, Decision]:
+    """What people decided, done through the same claim → API → record path as a rule's decision."""
+    entry = sighting.entry
+    how = transitions.decided_by(request)
+    decision: Confirm | Reject
+    if request.status == "rejected":
+        decision = Reject(rule=request.rule, reason=how)
+    else:
+        gateway = request.gateway
+        problem = None
+        if gateway is None:
+            problem = "no gateway was chosen"
+        elif gateways is None:
+            problem = f"the account's virtual gateways could not be listed this cycle to check {gateway}"
+        elif gateway not in gateways:
+            problem = f"account {vif.owner_account} has no virtual gateway {gateway}"
+        elif not gateways[gateway].available:
+            problem = f"gateway {gateway} is {gateways[gateway].virtual_gateway_state}, not available"
+        decision = Confirm(rule=request.rule or "", gateway=gateway or "", reason=how)
+        if problem:
+            # Nothing is called; the request stays approved and the next cycle checks again.
+            return "failed", f"{how}, but {problem}; nothing was called", decision
+    entry.decision_reason, entry.rule = how, request.rule
+    entry.gateway = decision.gateway if isinstance(decision, Confirm) else None
+    action, reason = _act(run, sighting, vif, decision, request)
+    return action, reason, decision
+
+
 def _gateways(api: DirectLinkApi) -> dict | None:
     """The account's gateways, or None (VIFs are then asked about, never confirmed blind)."""
     try:
@@ -389,9 +533,16 @@ def _gateways(api: DirectLinkApi) -> dict | None:
 
 
 def _act(
-    run: TargetRun, sighting: transitions.Sighting, vif: VirtualInterface, decision: Confirm | Reject
+    run: TargetRun,
+    sighting: transitions.Sighting,
+    vif: VirtualInterface,
+    decision: Confirm | Reject,
+    approval: ApprovalRequest | None = None,
 ) -> tuple[str, str]:
-    """Confirm or reject once: claim in the ledger first, then call the API, then record at once."""
+    """Confirm or reject once: claim in the ledger first, then call the API, then record at once.
+
+    `approval`: the people's request this carries out (the events name them instead of a rule).
+    """
     entry, api, ledger = sighting.entry, run.api, run.runtime.ledger
     assert api is not None
     verb = "confirm" if isinstance(decision, Confirm) else "reject"
@@ -456,11 +607,12 @@ def _act(
     if isinstance(decision, Confirm):
         # The message shows the VIF as the confirm left it (pending, on its gateway), not as it was listed.
         after = vif.model_copy(update={"virtual_interface_state": state, "virtual_gateway_id": decision.gateway})
-        transitions.confirmed(sighting, after, now, decision.rule, decision.gateway)
+        rule = approval.rule if approval else decision.rule
+        transitions.confirmed(sighting, after, now, rule, decision.gateway, approval)
         action, reason = "confirmed", f"{decision.reason}; attached to {decision.gateway}"
     else:
         after = vif.model_copy(update={"virtual_interface_state": state})
-        transitions.rejected(sighting, after, now, decision.rule, decision.reason)
+        transitions.rejected(sighting, after, now, decision.rule, decision.reason, approval)
         action, reason = "rejected", decision.reason
     entry.last_decision = action
     try:  # at once: what was done must be on record even if the rest of the cycle fails
@@ -497,8 +649,8 @@ def _outcome(target: str, vif: VirtualInterface, entry, decision: Decision, acti
         asn=vif.customer_asn,
         state=vif.state,
         action=action,
-        rule=getattr(decision, "rule", None),
-        virtualGatewayId=getattr(decision, "gateway", None),
+        rule=getattr(decision, "rule", None) or None,
+        virtualGatewayId=getattr(decision, "gateway", None) or None,
         reason=reason,
         deadline=entry.deadline if vif.state == CONFIRMING else None,
         deadlineCertain=entry.deadline_certain if vif.state == CONFIRMING else None,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from . import events
+from .approvals import model
 from .config import Policy
 from .ledger import EXPIRY, VifRecord, iso, parse_iso
 from .models import CONFIRMING, VirtualInterface
+
+if TYPE_CHECKING:
+    from .approvals.model import ApprovalRequest
+    from .policy import Ask
 
 # A VIF first seen in `confirming` is known to be at most one poll old only if the previous poll
 # was recent; after a longer gap (or at the first poll) its deadline may be earlier than we think.
@@ -39,10 +45,17 @@ class Sighting:
         return bool(self.events) or self.entry != self.before
 
     def emit(self, type_name: str, now: datetime, vif: VirtualInterface | None, facts: tuple = (), **data) -> None:
+        event = self.build(type_name, now, vif, facts, **data)
+        if event is not None:
+            self.events.append(event)
+            self.emitted.append(event)
+
+    def build(self, type_name: str, now: datetime, vif: VirtualInterface | None, facts: tuple = (), **data) -> Any:
+        """An event of this VIF, not queued with the record (its write is another one); None without a queue."""
         if not self.publishing:  # no events queue configured: the ledger still records everything
-            return
+            return None
         e = self.entry
-        event = events.build(
+        return events.build(
             type_name,
             target=e.target,
             subject=e.vif_id,
@@ -51,8 +64,6 @@ class Sighting:
             **events.vif_fields(e.target, vif, e.snapshot, self.region),
             **data,
         )
-        self.events.append(event)
-        self.emitted.append(event)
 
     def deadline_fields(self) -> dict:
         e = self.entry
@@ -178,17 +189,69 @@ def stuck_pending(sighting: Sighting, vif: VirtualInterface, now: datetime, poli
         )
 
 
-def confirmed(sighting: Sighting, vif: VirtualInterface, now: datetime, rule: str | None, gateway: str) -> None:
-    """Record a confirm and its event; `vif` is the VIF as the confirm left it (pending, on `gateway`)."""
+def deciders(request: ApprovalRequest) -> tuple[tuple[str, ...], str | None]:
+    """Who decided an approved or rejected request (names, in voting order) and where the deciding vote was cast."""
+    verdict = "reject" if request.status == "rejected" else "approve"
+    deciding = next((v for v in reversed(request.votes) if v.vote == verdict), None)
+    channel = deciding.channel if deciding else None
+    if verdict == "reject":  # a veto: the one who rejected decided it, whoever approved before
+        return ((deciding.approver,) if deciding else ()), channel
+    return tuple(request.approvals), channel
+
+
+def decided_by(request: ApprovalRequest) -> str:
+    """How people decided, in words: "approved by alice, bob via slack"."""
+    names, channel = deciders(request)
+    verb = "rejected" if request.status == "rejected" else "approved"
+    who = ", ".join(names) or "nobody"
+    return f"{verb} by {who} via {channel}" if channel else f"{verb} by {who}"
+
+
+def _approver_fields(request: ApprovalRequest | None) -> dict[str, Any]:
+    if request is None:
+        return {}
+    names, channel = deciders(request)
+    return {
+        "by": "approver",
+        "approver": ", ".join(names),
+        "approvers": list(names),
+        "channel": channel,
+        "request_id": request.request_id,
+    }
+
+
+def confirmed(
+    sighting: Sighting,
+    vif: VirtualInterface,
+    now: datetime,
+    rule: str | None,
+    gateway: str,
+    approval: ApprovalRequest | None = None,
+) -> None:
+    """Record a confirm and its event; `vif` is the VIF as the confirm left it (pending, on `gateway`).
+
+    With `approval`, people decided it: the event names them, the channel and the request.
+    """
     sighting.entry.confirmed_at = iso(now)
     sighting.entry.gateway = gateway
-    sighting.emit("vif.confirmed", now, vif, by="rule", rule=rule, gateway=gateway)
+    fields: dict[str, Any] = {"by": "rule", "rule": rule, "gateway": gateway}
+    fields.update(_approver_fields(approval))
+    sighting.emit("vif.confirmed", now, vif, **fields)
 
 
-def rejected(sighting: Sighting, vif: VirtualInterface, now: datetime, rule: str | None, reason: str) -> None:
-    """Record a reject (a rule's, or the default action's when no rule matched) and its event."""
+def rejected(
+    sighting: Sighting,
+    vif: VirtualInterface,
+    now: datetime,
+    rule: str | None,
+    reason: str,
+    approval: ApprovalRequest | None = None,
+) -> None:
+    """Record a reject (a rule's, the default action's when no rule matched, or people's) and its event."""
     sighting.entry.rejected_at = iso(now)
-    sighting.emit("vif.rejected", now, vif, by="rule" if rule else "default_action", rule=rule, reason=reason)
+    fields: dict[str, Any] = {"by": "rule" if rule else "default_action", "rule": rule, "reason": reason}
+    fields.update(_approver_fields(approval))
+    sighting.emit("vif.rejected", now, vif, **fields)
 
 
 # What a VIF looks like once a confirm took effect: on its gateway and past `confirming` (AWS shows a
@@ -210,10 +273,112 @@ def settle_claim(sighting: Sighting, vif: VirtualInterface, now: datetime) -> st
     if claim is None or claim.called_at is None or entry.confirmed_at or entry.rejected_at:
         return None
     gateway = claim.gateway
+    # A claim that carried out people's decision credits them: the request says who and how.
+    request = entry.approval
     if claim.verb == "confirm" and gateway and vif.state in CONFIRMED_STATES and vif.virtual_gateway_id == gateway:
-        confirmed(sighting, vif, now, entry.rule, gateway)
+        approved = request if request and request.status == "approved" and request.gateway == gateway else None
+        confirmed(sighting, vif, now, approved.rule if approved else entry.rule, gateway, approved)
         return "confirmed"
     if claim.verb == "reject" and vif.state == REJECTED_STATE:
-        rejected(sighting, vif, now, entry.rule, entry.decision_reason or "rejected by the gatekeeper")
+        refused = request if request and request.status == "rejected" else None
+        reason = decided_by(refused) if refused else entry.decision_reason or "rejected by the gatekeeper"
+        rejected(sighting, vif, now, refused.rule if refused else entry.rule, reason, refused)
         return "rejected"
     return None
+
+
+# --- approval requests: asked for once, then expired or superseded unless people decide first ---------------
+
+
+def approval_requested(
+    sighting: Sighting, vif: VirtualInterface, now: datetime, decision: Ask, request: ApprovalRequest | None
+) -> None:
+    """Ask people: notify-only without `request`; with one, the event names it and who may answer.
+
+    The request id is among the event's facts, so the ask that opens a request is not taken for
+    (and dropped by FIFO deduplication as) an earlier notify-only ask of the same VIF.
+    """
+    entry = sighting.entry
+    if entry.approval_requested_at is None:
+        entry.approval_requested_at = iso(now)
+    fields: dict[str, Any] = {}
+    facts: tuple = ()
+    if request is not None:
+        entry.approval = request
+        facts = (request.request_id,)
+        fields = {
+            "request_id": request.request_id,
+            "approvers": list(request.approvers),
+            "min_approvals": request.min_approvals,
+            "gateways": list(request.gateways),
+            "expires_at": request.expires_at,
+        }
+    sighting.emit(
+        "vif.approval_requested",
+        now,
+        vif,
+        facts=facts,
+        reason=decision.reason,
+        rule=decision.rule,
+        **fields,
+        **sighting.deadline_fields(),
+    )
+
+
+@dataclass(frozen=True)
+class ApprovalChange:
+    """A pending request's next version and its event (None without a queue): one conditional ledger write."""
+
+    before: ApprovalRequest
+    after: ApprovalRequest
+    event: Any
+
+
+def _status_fields(request: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "request_id": request.request_id,
+        "approvals": list(request.approvals),
+        "min_approvals": request.min_approvals,
+        "status": request.status,
+    }
+
+
+def approval_followup(
+    sighting: Sighting, vif: VirtualInterface | None, now: datetime, decided: str | None = None
+) -> ApprovalChange | None:
+    """A pending request whose VIF went another way is superseded; one past its time expires.
+
+    `vif` is None when the VIF is no longer listed; `decided` says how a rule settled it this cycle
+    ("confirmed by rule partner-prod"), or that the policy no longer asks. Approved or rejected
+    requests are left as they are: their carrying out is on record as vif.confirmed / vif.rejected.
+    """
+    request = sighting.entry.approval
+    if request is None or request.status != "pending":
+        return None
+    why = decided
+    if why is None:
+        expired = model.expire(request, now)
+        if expired is not None:
+            event = sighting.build(
+                "vif.approval_expired",
+                now,
+                vif,
+                facts=(request.request_id,),
+                expires_at=expired.expires_at,
+                **_status_fields(expired),
+                **sighting.deadline_fields(),
+            )
+            return ApprovalChange(request, expired, event)
+        if vif is None:
+            why = "gone: no longer listed"
+        elif vif.state != CONFIRMING:
+            why = f"state now {vif.state}"
+    if why is None:
+        return None
+    after = model.supersede(request, now, why)
+    if after is None:
+        return None
+    event = sighting.build(
+        "vif.approval_superseded", now, vif, facts=(request.request_id,), why=why, **_status_fields(after)
+    )
+    return ApprovalChange(request, after, event)

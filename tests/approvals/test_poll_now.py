@@ -1,0 +1,113 @@
+"""An approval's poll-now: the poll function, invoked with the targets to poll, polls those and no others."""
+
+from __future__ import annotations
+
+import boto3
+import chalice.local
+import chalice.test
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib import reconcile
+from chalicelib.approvals.trigger import POLL_NOW_SOURCE, poll_now_event
+from chalicelib.config import parse_policy
+from chalicelib.ledger import create_table
+from sandbox import scenario
+from sandbox.local import create_queues
+
+POLICY = parse_policy(scenario.CONFIG)
+
+
+class StageTimeoutContext(chalice.local.LambdaContext):
+    """chalice.test gives every invocation 3 s; a deployed poll function has its stage's 120 s."""
+
+    def __init__(self, function_name: str, memory_size: int, **_: object):
+        super().__init__(function_name, memory_size, max_runtime_ms=120_000)
+
+
+@pytest.fixture
+def prod_stage(aws, directlink, monkeypatch):
+    """The prod stage's table, queues and SSM policy document, as infra/ would deploy them."""
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
+    create_table(boto3.client("dynamodb"), "vifgate-prod-ledger")
+    create_queues(boto3.client("sqs"), "vifgate-prod-events.fifo", "vifgate-prod-events-dlq.fifo")
+    boto3.client("ssm").put_parameter(
+        Name="/vifgate/prod/config", Value=scenario.CONFIG, Type="SecureString", Overwrite=True
+    )
+    return directlink
+
+
+def invoke_poll(event: dict) -> dict:
+    with Client(app, stage_name="prod") as client:
+        return client.lambda_.invoke("poll", event).payload
+
+
+def accounts_called(sb) -> set[str]:
+    return {account for _op, account in sb.calls}
+
+
+def test_poll_now_polls_only_the_named_target(prod_stage):
+    sb = prod_stage
+    event = poll_now_event(["osc-lab"], sb.clock.now())
+    assert event["source"] == POLL_NOW_SOURCE
+    summary = invoke_poll(event)
+    assert summary["targets_ok"] == ["osc-lab"] and summary["targets_failed"] == []
+    assert summary["actions"] == {"ask": 1}
+    assert accounts_called(sb) == {scenario.LAB}
+
+
+def test_a_scheduled_event_still_polls_every_target(prod_stage):
+    sb = prod_stage
+    with Client(app, stage_name="prod") as client:
+        event = client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
+        summary = client.lambda_.invoke("poll", event).payload
+    assert sorted(summary["targets_ok"]) == sorted(scenario.TARGETS)
+    assert accounts_called(sb) == {scenario.PROD, scenario.STAGING, scenario.LAB}
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"targets": ["osc-nowhere"]},
+        {"targets": ["osc-lab", "osc-nowhere"]},  # one unknown name: nothing, not "the rest"
+        {"targets": "osc-lab"},
+        {"targets": []},
+        {"targets": [None]},
+        {},
+    ],
+    ids=["unknown", "one-unknown", "not-a-list", "empty", "not-names", "missing"],
+)
+def test_a_poll_now_naming_no_known_target_polls_nothing(prod_stage, detail):
+    sb = prod_stage
+    event = poll_now_event(["osc-lab"], sb.clock.now()) | {"detail": detail}
+    summary = invoke_poll(event)
+    assert summary["polled"] == [] and summary["refused"].startswith("detail.targets: ")
+    assert sb.calls == [], "nothing polled"
+
+
+@pytest.mark.parametrize(
+    "detail, expected",
+    [
+        ({"targets": ["osc-lab"]}, ["osc-lab"]),
+        ({"targets": ["osc-lab", "osc-prod", "osc-lab"]}, ["osc-lab", "osc-prod"]),  # each once
+    ],
+)
+def test_poll_now_targets(detail, expected):
+    assert reconcile.poll_now_targets(detail, POLICY) == expected
+
+
+@pytest.mark.parametrize(
+    "detail, message",
+    [
+        ({"targets": ["x" * 500]}, "detail.targets: not a target of the policy: '" + "x" * 64 + "'"),
+        (["osc-lab"], "detail.targets: expected a non-empty list of target names"),
+        ({"targets": [1]}, "detail.targets: expected a non-empty list of target names"),
+    ],
+)
+def test_poll_now_targets_refuses_with_a_short_reason(detail, message):
+    with pytest.raises(ValueError) as refused:
+        reconcile.poll_now_targets(detail, POLICY)
+    assert str(refused.value) == message
