@@ -478,6 +478,8 @@ def _ask(
             min_approvals=decision.min_approvals,
             rule=decision.rule,
         )
+        if not run.mode.records:  # vifgate check: nothing is written, so nobody is asked yet
+            return "ask", f"{decision.reason}; would ask {', '.join(request.approvers)} to approve", decision, None
         transitions.approval_requested(sighting, vif, now, decision, request)
         asked = f"approval request {request.request_id} for {', '.join(request.approvers)}"
         return "ask", f"{decision.reason}; {asked}", decision, request

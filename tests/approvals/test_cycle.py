@@ -211,6 +211,13 @@ def test_a_vif_asked_before_approvers_existed_gets_its_request_and_one_new_ask(d
     assert of_type(cycle(directlink), "vif.approval_requested") == []
 
 
+def test_a_check_asks_nobody_and_writes_no_request(directlink, aws):
+    report = cycle(directlink, record=False)  # vifgate check
+    legacy = outcome(report, "prod-legacy")
+    assert legacy.action == "ask" and legacy.reason.endswith("; would ask alice, bob to approve")
+    assert report.events == [] and ledger().approvals(status=None) == []
+
+
 def test_without_approvers_nothing_changes(directlink, aws):
     report = cycle(directlink, scenario.CONFIG)
     assert all(r.approval is None for r in ledger().load("osc-prod").vifs.values())
