@@ -173,12 +173,6 @@ def test_two_cycles_at_once_on_one_ledger_confirm_each_vif_once(aws, directlink,
         assert actions == ["confirmed", "none"], (name, actions)
 
 
-def test_health_route():
-    with Client(app) as client:
-        response = client.http.get("/health")
-    assert response.status_code == 200 and response.json_body == {"ok": True}
-
-
 def test_lambda_logs_carry_decisions_but_no_auth_key(stage_world, capsys):
     sb = stage_world
     logger.setLevel("INFO")
