@@ -43,8 +43,9 @@ LINK_MAX_BODY = 4 * 1024
 TOKEN_MAX = 2048
 # A decided request whose trigger failed is still carried out, a minute or so later.
 LATE = "the next scheduled cycle carries it out"
-ACTIONS = {"vifgate_approve": "approve", "vifgate_reject": "reject"}
-GATEWAY_ACTION = "vifgate_gateway"
+# The Block Kit action ids chatops.slack gives the request's buttons and gateway select.
+ACTIONS = {slack.APPROVE: "approve", slack.REJECT: "reject"}
+GATEWAY_ACTION = slack.GATEWAY
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not \d: it matches other scripts' digits, which int() reads
 _SLACK_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")  # compare_digest raises on non-ASCII text
 JSON = {"Content-Type": "application/json"}

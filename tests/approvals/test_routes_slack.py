@@ -326,3 +326,44 @@ def test_two_approvals_needed_one_decides_nothing_the_second_confirms_once(aws, 
     assert second.status_code == 200 and second.json_body["status"] == "approved", second.body
     assert world.targets == ["osc-prod"]
     assert world.sb.confirm_count(vif_id) == 1
+
+
+def test_the_buttons_chat_renders_are_the_ones_the_route_takes(world):
+    """The Approve button of the message people see, clicked: its action_id and value are what the route reads."""
+    from chalicelib.chatops import messages
+    from chalicelib.chatops import slack as slack_chat
+
+    request, record = world.request("prod-legacy")
+    message = messages.approval_status(request, record.snapshot, request.target, "eu-west-2", world.now())
+    elements = [
+        element
+        for block in slack_chat.payload(message, buttons=True)["blocks"]
+        for element in block.get("elements", [])
+        if isinstance(element, dict)
+    ]
+    [approve] = [e for e in elements if e.get("action_id") == slack_chat.APPROVE]
+
+    response = signed(world, slack_body(approve["value"], action=approve["action_id"]))
+    world.settle()
+
+    assert response.status_code == 200, response.body
+    assert world.sb.confirm_count(world.vif_id("prod-legacy")) == 1
+
+
+def test_a_bug_answers_500_without_detail_and_logs_its_type_and_frames(world, monkeypatch, capsys):
+    from chalicelib.approvals import service
+
+    def broken(*args, **kwargs):
+        raise KeyError("text that may quote the request: UALICE01 " + SLACK_SECRET)
+
+    monkeypatch.setattr(service, "record_vote", broken)
+    request, _ = world.request("prod-legacy")
+    before = world.state()
+
+    response = signed(world, slack_body(request.request_id))
+
+    assert response.status_code == 500 and response.json_body == {"error": "internal error"}
+    assert world.state() == before
+    [line] = [json.loads(x) for x in capsys.readouterr().err.splitlines() if '"unexpected error"' in x]
+    assert line["error_type"] == "KeyError" and any("broken" in frame for frame in line["frames"])
+    assert SLACK_SECRET not in json.dumps(line) and "may quote" not in json.dumps(line)
