@@ -46,6 +46,7 @@ LATE = "the next scheduled cycle carries it out"
 # The Block Kit action ids chatops.slack gives the request's buttons and gateway select.
 ACTIONS = {slack.APPROVE: "approve", slack.REJECT: "reject"}
 GATEWAY_ACTION = slack.GATEWAY
+_LINK_BUTTON = re.compile(r"vifgate-[0-9]{1,2}")  # chatops.slack's URL buttons (action_id vifgate-<i>)
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # not \d: it matches other scripts' digits, which int() reads
 _SLACK_SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")  # compare_digest raises on non-ASCII text
 JSON = {"Content-Type": "application/json"}
@@ -383,6 +384,9 @@ def _slack_vote(runtime: Runtime, payload: _SlackPayload, response_url: str | No
     action = payload.actions[0]
     if action.action_id == GATEWAY_ACTION:
         return Answer(200, {"ok": True, "summary": "gateway choice noted; it counts when you approve"})
+    if _LINK_BUTTON.fullmatch(action.action_id):
+        # A link button's click is posted here too; the browser opens the link, Slack only wants a 200.
+        return Answer(200, {"ok": True})
     vote = ACTIONS.get(action.action_id)
     if vote is None:
         raise _Stop(400, f"payload.actions[0].action_id: {action.action_id[:40]!r} is not an approval action")

@@ -187,11 +187,20 @@ def test_an_unknown_request_is_refused_404(world):
     assert world.state() == before
 
 
-def test_choosing_a_gateway_alone_changes_nothing(world):
+@pytest.mark.parametrize("action", ["vifgate_gateway", "vifgate-0"], ids=["gateway select", "link button"])
+def test_choosing_a_gateway_or_opening_a_link_button_changes_nothing(world, action):
     request, _ = world.request("prod-legacy")
     before = world.state()
-    response = signed(world, slack_body(request.request_id, action="vifgate_gateway", gateway=scenario.PROD_GATEWAY))
+    response = signed(world, slack_body(request.request_id, action=action, gateway=scenario.PROD_GATEWAY))
     assert response.status_code == 200, response.body
+    assert world.state() == before
+
+
+def test_an_action_that_is_not_ours_is_refused_400(world):
+    request, _ = world.request("prod-legacy")
+    before = world.state()
+    response = signed(world, slack_body(request.request_id, action="approve_everything"))
+    assert response.status_code == 400 and "not an approval action" in response.json_body["error"]
     assert world.state() == before
 
 
