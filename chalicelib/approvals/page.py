@@ -46,6 +46,8 @@ button{border:0;color:#fff;font-weight:600;cursor:pointer}
 .reject{background:#b42318}
 .note{color:#5a5f66;font-size:.9rem}
 .status{font-weight:600}
+@media (max-width:30rem){body{padding:.5rem}main{padding:1rem}dl{grid-template-columns:1fr;gap:0}
+dt{font-size:.85rem;margin-top:.45rem}dt:first-child{margin-top:0}}
 """
 
 
