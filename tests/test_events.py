@@ -72,6 +72,9 @@ def test_first_cycle_events(directlink, queue):
         "by": "rule",
         "rule": "partner-prod",
         "approver": None,
+        "approvers": [],
+        "channel": None,
+        "request_id": None,
         "gateway": scenario.PROD_GATEWAY,
     }
     asked = next(
