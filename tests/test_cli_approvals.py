@@ -146,7 +146,7 @@ def test_min_approvals_2_one_approval_waits_and_the_second_confirms(two_person, 
 
     before = items()
     code, out, err = run(capsys, "approve", "prod-legacy", "--as", "alice")
-    assert code == 2 and "alice already approved" in err
+    assert code == 2 and "alice already voted on this request (approve)" in err
     assert items() == before
 
     code, out, err = run(capsys, "approve", legacy, "--as", "bob")

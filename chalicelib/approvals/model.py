@@ -239,13 +239,16 @@ def cast_vote(
         raise _closed(request)
     if now >= _parse(request.expires_at):
         raise Refused(410, f"the approval request expired at {request.expires_at}")
+    # One vote per person, whichever way: a link opened twice, or a replayed click, cannot add a
+    # second one, and an approve cannot be turned into a veto after others counted on it.
+    earlier = next((v for v in request.votes if v.approver == approver), None)
+    if earlier is not None:
+        raise Refused(409, f"{approver} already voted on this request ({earlier.vote})")
     at = _iso(now)
     if vote == "reject":
         chosen = None
         status = "rejected"
     else:
-        if approver in request.approvals:
-            raise Refused(409, f"{approver} already approved")
         chosen = _chosen_gateway(request, gateway)
         count = len(request.approvals) + 1
         status = "approved" if count >= request.min_approvals else "pending"

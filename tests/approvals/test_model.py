@@ -93,7 +93,10 @@ def test_min_approvals_two_needs_two_distinct_people():
     assert one.trail[-1].outcome == "pending (1 of 2)"
     with pytest.raises(Refused) as again:
         vote(one, "alice")
-    assert (again.value.status, again.value.reason) == (409, "alice already approved")
+    assert (again.value.status, again.value.reason) == (409, "alice already voted on this request (approve)")
+    with pytest.raises(Refused) as turned:  # one vote per person: an approve cannot become a veto later
+        vote(one, "alice", "reject")
+    assert (turned.value.status, turned.value.reason) == (409, "alice already voted on this request (approve)")
     two = vote(one, "bob")
     assert two.status == "approved" and two.approvals == ("alice", "bob")
     assert two.progress() == "approved by alice and bob"

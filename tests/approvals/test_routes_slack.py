@@ -327,7 +327,7 @@ def test_two_approvals_needed_one_decides_nothing_the_second_confirms_once(aws, 
     first = signed(world, slack_body(request.request_id))
     again = signed(world, slack_body(request.request_id))  # alice twice counts once
     assert first.status_code == 200 and first.json_body["summary"] == "approved by alice, 1 of 2", first.body
-    assert again.status_code == 409 and "alice already approved" in again.json_body["error"]
+    assert again.status_code == 409 and "alice already voted on this request (approve)" in again.json_body["error"]
     assert world.targets == [] and world.writes() == [], "nothing to carry out yet: the poller is not triggered"
 
     second = signed(world, slack_body(request.request_id, user=BOB["slack"]))

@@ -76,7 +76,7 @@ def test_two_approvals_needed(ledger):
     assert not first.decided and first.summary == "approved by alice, 1 of 2"
     with pytest.raises(Refused) as again:
         vote(ledger, request.request_id, "alice", gateway=G2)
-    assert (again.value.status, again.value.reason) == (409, "alice already approved")
+    assert (again.value.status, again.value.reason) == (409, "alice already voted on this request (approve)")
     second = vote(ledger, request.request_id, "bob", channel="link")
     assert second.decided and second.summary == f"approved by alice and bob: confirming with {G2} now"
     ids = [e.id for e in sent()]
@@ -265,6 +265,27 @@ def test_two_votes_at_once_on_two_approvals_both_count(ledger, run):
     assert stored.status == "approved" and stored.version == 2 and sorted(stored.approvals) == ["alice", "bob"]
     assert [t.outcome for t in stored.trail] == ["pending (1 of 2)", "approved"]
     assert [e.data.status for e in sent()] == ["pending", "approved"]
+
+
+@pytest.mark.parametrize("run", range(3))
+def test_one_person_voting_both_ways_at_once_counts_once(ledger, run):
+    """One link opened in two tabs (approve in one, reject in the other): a person has one vote, even in a race."""
+    request = opened(ledger, min_approvals=2)
+    together = ReadTogether(ledger, 2)
+    outcomes = run_together(
+        lambda: vote(together, request.request_id, "alice", channel="link"),
+        lambda: vote(together, request.request_id, "alice", "reject", channel="link"),
+    )
+    won = [o for o in outcomes if isinstance(o, service.VoteResult)]
+    lost = [o for o in outcomes if isinstance(o, Refused)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    first = won[0].request.votes[0].vote
+    # A won approve leaves the request open (1 of 2), a won reject closes it: either way, one vote.
+    expected = "alice already voted on this request (approve)" if first == "approve" else "already rejected by alice"
+    assert lost[0].status == 409 and lost[0].reason.startswith(expected), lost[0].reason
+    stored = ledger.approval(request.request_id)[0]
+    assert stored.version == 1 and [(v.approver, v.vote) for v in stored.votes] == [("alice", first)]
+    assert len(sent()) == 1
 
 
 @pytest.mark.parametrize("run", range(3))
