@@ -319,9 +319,10 @@ class LocalCloud:
         if self.api is None:
             self.config_path.write_text(scenario.CONFIG, encoding="utf-8")
             return
+        # Saved before the server is built: chalice's local server sets AWS_EXECUTION_ENV as it starts.
+        self._saved_env = dict(os.environ)
         _listen("api", self._api_port or 0, self.api.start)
         self.config_path.write_text(scenario.approvals_config(self.api.url), encoding="utf-8")
-        self._saved_env = dict(os.environ)
         os.environ.update(self.env())
         self._serve_with_local_poller()
 
