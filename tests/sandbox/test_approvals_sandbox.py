@@ -83,8 +83,10 @@ def test_local_cloud_serves_the_routes_on_loopback_and_gives_the_environment_bac
         assert (status, json.loads(body)) == (200, {"ok": True, "config": "valid", "problems": 0})
         port = int(url.rsplit(":", 1)[1])
     assert dict(os.environ) == before
-    with socket.socket() as probe:  # the port is free again
+    with socket.socket() as probe:  # nothing listens there any more (a closed connection may linger in TIME_WAIT)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+        probe.listen()
 
 
 def test_the_served_slack_route_verifies_signatures_like_the_deployed_one(tmp_path):
