@@ -487,7 +487,7 @@ def _ask(
         action, reason, shown = _carry_out(run, sighting, vif, request, gateways)
         return action, reason, shown, None
     if request.status == "pending":
-        return "ask", f"{decision.reason}; waiting for approval ({request.progress()})", decision, None
+        return "ask", f"{decision.reason}; {request.progress()}", decision, None
     return "ask", f"{decision.reason}; approval request {request.request_id} {request.status}", decision, None
 
 

@@ -336,9 +336,11 @@ def _confirmed(data: Any, now: datetime) -> _Parts:
 
 def _rejected(data: Any, now: datetime) -> _Parts:
     fields = (("Reason", _sentence(data.reason)), *_deciders(data))
+    # A person's reject needs no reason after it: the poller's reason only says again who and how.
+    why = "" if data.by == "approver" else f": {_sentence(data.reason)}"
     return _Parts(
         f"VIF rejected: {_label(data)}",
-        f"VIF {_who(data)} was rejected by {_by(data)}: {_sentence(data.reason)}.",
+        f"VIF {_who(data)} was rejected by {_by(data)}{why}.",
         "warning",
         fields,
     )

@@ -148,7 +148,7 @@ CASES = [
         ),
         "VIF rejected: prod-par-1",
         "warning",
-        ["rejected by bob via a signed link: rejected by bob."],
+        ["was rejected by bob via a signed link."],  # once: the reason only repeats who and how
         [("Approver", "bob"), ("Voted via", "a signed link")],
         id="rejected-approver",
     ),
@@ -330,6 +330,7 @@ def test_vif_messages(event, title, severity, says, fields):
     for words in says:
         assert words in message.text
     assert 1 <= _sentences(message.text) <= 2, message.text
+    assert message.text.count("rejected by") <= 1, message.text
     assert message.fields[: len(VIF_FIELDS)] == VIF_FIELDS
     for pair in fields:
         assert pair in message.fields
