@@ -99,7 +99,7 @@ def _vote_event(policy: Policy, record: VifRecord, after: ApprovalRequest, now: 
         target=after.target,
         subject=after.vif_id,
         time=now,
-        # One event per vote: a person approves a request once and rejects it once at most.
+        # One event per vote: each person votes once on a request (model.cast_vote).
         facts=(after.request_id, cast.approver, cast.vote),
         **events.vif_fields(after.target, None, record.snapshot, _region(policy, after.target)),
         request_id=after.request_id,
