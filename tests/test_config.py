@@ -43,18 +43,24 @@ GOOD = {
 }
 
 
+def changed(base: dict, *changes: tuple[str, object]) -> str:
+    """`base` as JSON with each (dotted path, value) put in place; value ... removes the field."""
+    doc = json.loads(json.dumps(base))
+    for path, value in changes:
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = doc
+        for p in parents:
+            node = node[p]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+    return json.dumps(doc)
+
+
 def with_change(path: str, value):
     """GOOD with one field replaced (or removed when value is ...)."""
-    doc = json.loads(json.dumps(GOOD))
-    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
-    node = doc
-    for p in parents:
-        node = node[p]
-    if value is ...:
-        del node[last]
-    else:
-        node[last] = value
-    return json.dumps(doc)
+    return changed(GOOD, (path, value))
 
 
 def problems(text: str) -> list[str]:

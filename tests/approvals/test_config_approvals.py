@@ -1,11 +1,11 @@
 """The approvals section and ask rules' approvers: good documents load, each bad field is named, no secret shown."""
 
-import json
 from datetime import timedelta
 
 import pytest
 
 from chalicelib.config import Approvals, Approver, ConfigError, Policy, SecretRef, parse_policy
+from tests.test_config import changed, problems
 
 PROD, STAGING, OTHER = "111122223333", "444455556666", "777788889999"
 ALICE_MM, BOB_MM = "a" * 26, "0123456789abcdefghijklmnop"
@@ -56,23 +56,7 @@ BASE = {
 
 def document(*changes: tuple[str, object]) -> str:
     """BASE as JSON with each (path, value) put in place; value ... removes the field."""
-    doc = json.loads(json.dumps(BASE))
-    for path, value in changes:
-        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
-        node = doc
-        for p in parents:
-            node = node[p]
-        if value is ...:
-            del node[last]
-        else:
-            node[last] = value
-    return json.dumps(doc)
-
-
-def problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        parse_policy(text, "test.yaml")
-    return info.value.problems
+    return changed(BASE, *changes)
 
 
 def test_the_base_document_loads_with_every_field():
