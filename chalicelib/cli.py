@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .approvals import tokens
 from .approvals.model import ApprovalRequest, Refused, Vote
-from .config import ConfigError
+from .config import ConfigError, Policy
 from .ledger import Ledger, OutboxItem, VifRecord, iso, parse_iso
 from .log import logger
 from .reconcile import CycleReport, run_cycle
@@ -212,12 +212,21 @@ def _check(args: argparse.Namespace) -> int:
             f"default_action {policy.default_action}; confirm rules trust "
             f"{len(allow['accounts'])} account(s) and {len(allow['gateways'])} gateway(s)"
         )
+        if not policy.auto_confirm:
+            print(_paused_line(policy))
     if args.offline:
         return EXIT_OK
     targets, flush = _split(args.budget)
     report = run_cycle(runtime, dry_run=True, record=False, budget_seconds=targets, flush_seconds=flush)
     _print_report(report, as_json=args.json, what_if=True)
     return EXIT_OK if report.ok else EXIT_TARGET_FAILED
+
+
+def _paused_line(policy: Policy) -> str:
+    who = ", ".join(policy.default_approvers) if policy.default_approvers else None
+    return "auto-confirm is PAUSED (auto_confirm: false): every VIF a confirm rule matches is asked about, " + (
+        f"and {who} may approve it" if who else "notify-only (set default_approvers so someone may approve)"
+    )
 
 
 def _bad_config(exc: ConfigError) -> int:

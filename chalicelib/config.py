@@ -126,6 +126,10 @@ GatewayId = Annotated[str, _pattern(r"vgw-[0-9a-f]{8}([0-9a-f]{9})?", "a virtual
 ConnectionId = Annotated[str, _pattern(r"dx(con|lag)-[0-9a-z]{8}", "a connection id (dxcon-xxxxxxxx)")]
 Name = Annotated[str, _pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "a name (letters, digits, . _ -)")]
 RoleArn = Annotated[str, _pattern(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+", "an IAM role ARN")]
+# STS's own limits: 2 to 1224 characters of letters, digits and _+=,.@:/-
+ExternalId = Annotated[
+    str, _pattern(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", "an external id (2 to 1224 letters, digits or _+=,.@:/-)")
+]
 
 _DURATION = re.compile(r"(?P<n>\d+)\s*(?P<unit>[smhd])")
 _ISO_DURATION = re.compile(r"P(?:(?P<d>\d+)D)?(?:T(?=\d)(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?")
@@ -284,6 +288,10 @@ class Target(_Doc):
     endpoint_url: Annotated[str, _pattern(r"https?://\S+", "an http(s) URL")] | None = None
     credentials: Credentials | None = None
     role_arn: RoleArn | None = None
+    # Sent as ExternalId when assuming role_arn (the member role's trust condition): never logged or sent to chat.
+    external_id: ExternalId | None = Field(
+        default=None, repr=False, description="sts:ExternalId of role_arn's trust policy"
+    )
     # The account these credentials act as. VIFs it allocated to others are never confirmed or
     # rejected by it (a hub deleting its own allocations would be a rejection of somebody else's).
     account_id: AccountId
@@ -297,6 +305,8 @@ class Target(_Doc):
             )
         if self.provider == "outscale" and self.role_arn is not None:
             raise ValueError("role_arn is for provider aws; OUTSCALE takes credentials")
+        if self.external_id is not None and self.role_arn is None:
+            raise ValueError("external_id: only with role_arn (it is sent when assuming that role)")
         if self.provider == "outscale" and self.credentials is None:
             # Without them boto3 would sign with the Lambda's own AWS keys and send them to OUTSCALE.
             raise ValueError("provider outscale needs credentials (secret_id or profile)")
@@ -551,6 +561,8 @@ class Policy(_Doc):
         default=None, description="who may decide a VIF no rule matches (with default_action: ask)"
     )
     default_min_approvals: Annotated[Int, Field(ge=1)] | None = None
+    # The emergency stop: false turns every confirm into an ask (the default approvers may still approve).
+    auto_confirm: bool = Field(default=True, description="false: every confirm becomes an ask (emergency stop)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
@@ -809,7 +821,16 @@ def _validate(document: Any, source: str) -> Policy:
         raise ConfigError(source, list(dict.fromkeys(problems))) from None
 
 
-_SECRET_FIELDS = {"chat", "credentials", "url", "token", "signing_secret", "signing_key", "slack_signing_secret"}
+_SECRET_FIELDS = {
+    "external_id",
+    "chat",
+    "credentials",
+    "url",
+    "token",
+    "signing_secret",
+    "signing_key",
+    "slack_signing_secret",
+}
 # Every field name of the document: a path under a secret field prints these, never a key someone wrote.
 _FIELD_NAMES = {
     name

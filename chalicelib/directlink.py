@@ -384,10 +384,13 @@ class DirectLinkClients:
         else:  # keys from a secret assume the role (rare): their own STS client, gone with them
             sts = self._client(session, "sts", region_name=target.region, **source.client_args())
         try:
+            # The external id is the member role's trust condition: sent here, never logged.
+            external = {"ExternalId": target.external_id} if target.external_id else {}
             answer = sts.assume_role(
                 RoleArn=target.role_arn,
                 RoleSessionName=f"vif-gatekeeper-{target.name}"[:64],
                 DurationSeconds=ROLE_SESSION_SECONDS,
+                **external,
             )
         except (ClientError, BotoCoreError) as exc:
             raise _wrap(target.name, "assume_role", exc) from None

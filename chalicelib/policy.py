@@ -13,6 +13,9 @@ from typing import ClassVar
 from .config import Policy, Rule, Target
 from .models import CONFIRMING, VirtualGateway, VirtualInterface
 
+# How a paused confirm's reason begins: chat and the CLI recognise a paused ask by it.
+PAUSED = "auto-confirm is paused (auto_confirm: false)"
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -84,7 +87,29 @@ def decide(
     """Confirm, ask, reject, ignore, or nothing for one VIF. Never confirms without a rule.
 
     `gateways` is the owner account's DescribeVirtualGateways answer, or None when it could not be had.
+    With `auto_confirm: false` every Confirm becomes an Ask (the emergency stop).
     """
+    decision = _decide(vif, gateways, policy, target)
+    if isinstance(decision, Confirm) and not policy.auto_confirm:
+        return paused(decision, policy)
+    return decision
+
+
+def paused(decision: Confirm, policy: Policy) -> Ask:
+    """What a confirm becomes while auto-confirm is paused: the default approvers may still approve it."""
+    approvers = policy.approvals.resolve(policy.default_approvers or ()) if policy.approvals else ()
+    return Ask(
+        rule=decision.rule,
+        reason=f"{PAUSED}: rule {decision.rule} would have confirmed it with {decision.gateway}",
+        approvers=approvers,
+        min_approvals=policy.default_min_approvals or 1,
+        gateways=(decision.gateway,),
+    )
+
+
+def _decide(
+    vif: VirtualInterface, gateways: Mapping[str, VirtualGateway] | None, policy: Policy, target: Target | None
+) -> Decision:
     if vif.state != CONFIRMING:
         return NoAction(reason=f"state is {vif.state}, not confirming")
     if target is not None and target.account_id and vif.owner_account != target.account_id:

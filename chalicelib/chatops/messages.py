@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ..events import CloudEvent
+from ..policy import PAUSED
 
 Severity = Literal["info", "success", "warning", "danger"]
 Field = tuple[str, str]
@@ -348,9 +349,12 @@ def _rejected(data: Any, now: datetime) -> _Parts:
 
 def _approval_requested(data: Any, now: datetime) -> _Parts:
     # Who may decide and the request id come with the decision (decision_fields): nobody has decided yet.
-    fields = (("Reason", _sentence(data.reason)), *((("Rule", data.rule),) if data.rule else ()))
+    fields: tuple[Field, ...] = (("Reason", _sentence(data.reason)), *((("Rule", data.rule),) if data.rule else ()))
+    paused = isinstance(data.reason, str) and data.reason.startswith(PAUSED)
+    if paused:  # the emergency stop is on: say so where people look first, the title
+        fields = (("Auto-confirm", "PAUSED: no VIF is confirmed without a person until auto_confirm is true"), *fields)
     return _Parts(
-        f"Approval needed: VIF {_label(data)}",
+        f"Approval needed{' (auto-confirm paused)' if paused else ''}: VIF {_label(data)}",
         f"VIF {_who(data)} waits for confirmation: {_sentence(data.reason)}. {_capital(_deadline_clause(data, now))}.",
         "warning",
         fields + _deadline_fields(data, now),
