@@ -1,4 +1,4 @@
-"""The policy's JSON Schema (AppConfig's validator): draft 4, never stricter than parse_policy, committed as generated."""
+"""The policy's JSON Schema (AppConfig's validator): draft 4, never stricter than parse_policy, kept current."""
 
 from __future__ import annotations
 
