@@ -4,6 +4,7 @@ import os
 
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
+from chalicelib import metrics as telemetry
 from chalicelib import reconcile, runtime
 from chalicelib.approvals.trigger import POLL_NOW_SOURCE
 from chalicelib.config import ConfigError
@@ -11,6 +12,11 @@ from chalicelib.log import logger
 
 app = Chalice(app_name="vif-gatekeeper")
 app.register_middleware(ConvertToMiddleware(logger.inject_lambda_context))
+app.register_middleware(ConvertToMiddleware(telemetry.traced))  # X-Ray in Lambda only, built on first use
+# Metrics come from the poll and notify functions only: the API's requests would each flush an
+# empty set (and warn). One EMF blob per invocation, flushed even when the handler raises.
+for _event_type in ("scheduled", "sqs"):
+    app.register_middleware(ConvertToMiddleware(telemetry.metrics.log_metrics), event_type=_event_type)
 
 # Read at import: `chalice package/deploy --stage X` imports app.py with that stage's
 # environment_variables from .chalice/config.json already set.
@@ -34,14 +40,17 @@ def poll(event):
                 targets = reconcile.poll_now_targets(event.detail, current.policy)
             except ValueError as exc:  # never "everything" for an event that names nothing we know
                 logger.error("poll-now event refused: nothing polled", extra={"error": str(exc)})
+                telemetry.record_no_cycle(telemetry.metrics)
                 return {"polled": [], "refused": str(exc)}
         report = reconcile.run_cycle(
             current, budget_seconds=remaining - flush - 1, flush_seconds=flush, targets=targets
         )
+        telemetry.record_cycle(report, telemetry.metrics)
         return report.summary()
     except ConfigError as exc:
         # Fail closed and loudly: nothing was confirmed, and the invocation counts as an error.
         logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})
+        telemetry.record_no_cycle(telemetry.metrics)
         raise
 
 
@@ -50,7 +59,11 @@ def poll(event):
 def notify_chat(event):
     from chalicelib import notify  # imported here: the poll function's cold start skips chat-ops (~0.2 s)
 
-    return notify.handle_batch(event.to_dict(), event.context, runtime.get())
+    tally = telemetry.BatchTally()
+    try:
+        return notify.handle_batch(event.to_dict(), event.context, runtime.get(), tally)
+    finally:  # a batch that raised still reports what it delivered before
+        telemetry.record_batch(tally, telemetry.metrics)
 
 
 def _answer(answer) -> Response:

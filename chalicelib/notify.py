@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from . import events
 from .chatops import Undeliverable
 from .log import logger
+from .metrics import BatchTally
 from .runtime import Runtime
 
 # Below this much time left, records are handed back to SQS rather than started (a post can
@@ -31,12 +32,13 @@ class OutOfTime(Exception):
     """Not started: too little of the invocation's time is left; SQS delivers the record again."""
 
 
-def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, list]:
+def handle_batch(event: dict[str, Any], context, runtime: Runtime, tally: BatchTally | None = None) -> dict[str, list]:
     """The Lambda's answer: {"batchItemFailures": [...]}, read by SQS (ReportBatchItemFailures).
 
     A failure holds back the rest of its own VIF's messages only (skip_group_on_error): one VIF's
-    chat trouble does not hold up, or send to the DLQ, the others.
+    chat trouble does not hold up, or send to the DLQ, the others. `tally` counts what was done.
     """
+    tally = tally if tally is not None else BatchTally()
     processor = SqsFifoPartialProcessor(skip_group_on_error=True)
     # Every record failing (chat down, out of time) is still an answer for SQS, not a crash.
     processor.raise_on_entire_batch_failure = False
@@ -44,14 +46,17 @@ def handle_batch(event: dict[str, Any], context, runtime: Runtime) -> dict[str, 
     def record_handler(record: SQSRecord) -> None:
         if context is not None and context.get_remaining_time_in_millis() < TIME_RESERVE_MS:
             raise OutOfTime(record.message_id)
-        deliver(record, runtime)
+        deliver(record, runtime, tally)
 
     answer = process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
-    return {"batchItemFailures": list(answer.get("batchItemFailures", []))}
+    failures = list(answer.get("batchItemFailures", []))
+    tally.retried += len(failures)  # handed back to SQS: delivered again later (or, after maxReceiveCount, the DLQ)
+    return {"batchItemFailures": failures}
 
 
-def deliver(record: SQSRecord, runtime: Runtime) -> None:
+def deliver(record: SQSRecord, runtime: Runtime, tally: BatchTally | None = None) -> None:
     """Post one event to every destination that wants it; RetryLater propagates (record fails)."""
+    tally = tally if tally is not None else BatchTally()
     try:
         event = events.parse(record.body)
     except (ValidationError, ValueError) as exc:
@@ -65,6 +70,7 @@ def deliver(record: SQSRecord, runtime: Runtime) -> None:
             group=record.attributes.message_group_id or "unparseable",
             dedup=record.message_id,
         )
+        tally.dead_lettered += 1
         return
     notifier = runtime.notifier
     for destination in notifier.destinations_for(event):
@@ -73,6 +79,7 @@ def deliver(record: SQSRecord, runtime: Runtime) -> None:
         try:
             notifier.send(event, destination)
             outcome = "sent"
+            tally.delivered += 1
         except Undeliverable as exc:
             _dead_letter(
                 runtime,
@@ -83,6 +90,7 @@ def deliver(record: SQSRecord, runtime: Runtime) -> None:
                 dedup=f"{event.id}-{destination.name}"[:128],
             )
             outcome = "dead-lettered"
+            tally.dead_lettered += 1
         runtime.ledger.mark_delivered(event.id, destination.name, runtime.clock(), outcome)
 
 

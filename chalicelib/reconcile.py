@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -24,7 +24,7 @@ from .approvals import model
 from .approvals.model import ApprovalRequest
 from .config import Policy, Target
 from .directlink import DirectLinkApi, TargetError
-from .ledger import ApprovalChanged, ClaimLost, TargetRecords, VifRecord, iso
+from .ledger import ApprovalChanged, ClaimLost, TargetRecords, VifRecord, iso, parse_iso
 from .log import logger
 from .models import CONFIRMING, VirtualGateway, VirtualInterface
 from .policy import Ask, Confirm, Decision, Ignore, Reject, decide, matching_rule
@@ -33,6 +33,10 @@ from .runtime import Runtime
 # What happened to a VIF in this cycle, as `vifgate poll --json` reports it.
 ACTIONS = ("confirmed", "would_confirm", "ask", "rejected", "would_reject", "ignored", "none", "failed", "unknown")
 _DECIDED = {"ask": "ask", "ignore": "ignored", "none": "none"}
+# A confirming VIF this close to its deadline with nothing carried out is what people must look at now.
+NEAR_DEADLINE = timedelta(hours=24)
+# Not awaiting anyone: carried out this cycle, left alone by the policy (ignore), or not ours to confirm.
+_NOT_AWAITED = ("confirmed", "rejected", "ignored", "none")
 
 
 class Mode(Enum):
@@ -114,10 +118,34 @@ class CycleReport:
     targets_ok: list[str] = field(default_factory=list)
     events: list = field(default_factory=list)
     delivery: publish.FlushReport | None = None
+    # Consecutive failed cycles of each target that failed in this one (the ledger counts them).
+    failed_cycles: dict[str, int] = field(default_factory=dict)
+    finished_at: datetime | None = None
+    duration_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def vif_states(self) -> dict[str, int]:
+        """How many VIFs the targets listed in each state (as listed, before this cycle acted)."""
+        return dict(Counter(o.state for o in self.outcomes))
+
+    def longest_failure_cycles(self) -> int:
+        """The longest run of consecutive failed cycles among this cycle's targets; 0 when none failed."""
+        return max(self.failed_cycles.values(), default=0)
+
+    def near_deadline_undecided(self, now: datetime | None = None) -> list[Outcome]:
+        """Confirming VIFs less than 24 h from their deadline still awaiting a decision (asked, failed, dry run)."""
+        at = now or self.finished_at or self.started_at
+        return [
+            o
+            for o in self.outcomes
+            if o.state == CONFIRMING
+            and o.action not in _NOT_AWAITED
+            and (deadline := parse_iso(o.deadline)) is not None
+            and deadline - at < NEAR_DEADLINE
+        ]
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(o.action for o in self.outcomes))
@@ -135,6 +163,8 @@ class CycleReport:
             "events_sent": self.delivery.sent if self.delivery else 0,
             "events_pending": self.delivery.pending if self.delivery else 0,
             "events_parked": self.delivery.parked if self.delivery else 0,
+            "failed_cycles": self.failed_cycles,
+            "duration_seconds": None if self.duration_seconds is None else round(self.duration_seconds, 3),
         }
 
 
@@ -217,6 +247,7 @@ def run_cycle(
     policy = runtime.policy
     dry_run = runtime.settings.dry_run if dry_run is None else dry_run
     mode = Mode.CHECK if not record else Mode.DRY_RUN if dry_run else Mode.LIVE
+    began = time.monotonic()
     report = CycleReport(cycle_id=uuid.uuid4().hex[:12], started_at=runtime.clock(), dry_run=dry_run)
     chosen = [t for t in policy.targets if targets is None or t.name in targets]
     workers = max(1, min(len(chosen), runtime.settings.max_workers))
@@ -256,6 +287,7 @@ def run_cycle(
             _failed(run, report, TargetFailure(name, type(exc).__name__, message))
     if mode.records and runtime.publishing:
         report.delivery = _flush(runtime, Deadline.after(flush_seconds))
+    report.finished_at, report.duration_seconds = runtime.clock(), time.monotonic() - began
     logger.info("cycle done", extra=report.summary())
     return report
 
@@ -291,7 +323,7 @@ def _failed(run: TargetRun, report: CycleReport, failure: TargetFailure) -> None
     logger.error(
         "target failed", extra={"target": failure.target, "error_code": failure.code, "error": failure.message}
     )
-    if not run.publishing:
+    if not run.mode.records:
         return
     target, now = run.target, run.now()
 
@@ -308,7 +340,10 @@ def _failed(run: TargetRun, report: CycleReport, failure: TargetFailure) -> None
         )
 
     try:  # said once per failing spell: the write is conditional on no spell running
-        report.events.extend(run.runtime.ledger.mark_failing(target.name, now, failed))
+        # Without a queue the spell is still counted (the alarm's figure) but nothing is announced.
+        failing = run.runtime.ledger.mark_failing(target.name, now, failed if run.publishing else None)
+        report.events.extend(failing.events)
+        report.failed_cycles[target.name] = failing.cycles
     except (ClientError, BotoCoreError) as exc:
         logger.error("could not record the target failure", extra={"target": target.name, "error": str(exc)})
 

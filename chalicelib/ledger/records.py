@@ -91,6 +91,7 @@ class TargetRecords:
     vifs: dict[str, VifRecord]
     last_polled_at: datetime | None
     failing_since: datetime | None = None
+    failed_cycles: int = 0
 
 
 class ClaimLost(Exception):
@@ -136,6 +137,7 @@ class VifRecords(LedgerBase):
                     vifs,
                     parse_iso(status.get("last_polled_at", {}).get("S")),
                     parse_iso(status.get("failing_since", {}).get("S")),
+                    int(status.get("failed_cycles", {}).get("N", "0")),
                 )
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
