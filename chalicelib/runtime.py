@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -24,7 +23,6 @@ from .ledger import Ledger
 if TYPE_CHECKING:
     from .approvals.trigger import Trigger
 
-SSM_PREFIX = "ssm:"
 SECRET_MAX_AGE = 300  # seconds a chat secret is cached in a warm Lambda
 # Secret store answers that a later try can get past (anything else is missing, denied or malformed).
 TRANSIENT = {
@@ -63,7 +61,10 @@ class Settings:
         env = os.environ if env is None else env  # looked up per call: chalice's test Client swaps it
         source = env.get("VIFGATE_CONFIG", "").strip()
         if not source:
-            raise ConfigError("VIFGATE_CONFIG", ["VIFGATE_CONFIG is not set: give a file path or ssm:/parameter/name"])
+            raise ConfigError(
+                "VIFGATE_CONFIG",
+                ["VIFGATE_CONFIG is not set: give a file path, ssm:/parameter/name or appconfig:app/env/profile"],
+            )
         workers = env.get("VIFGATE_MAX_WORKERS", "8")
         if not workers.isdigit() or not 1 <= int(workers) <= 64:
             raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
@@ -79,20 +80,10 @@ class Settings:
 
 
 def read_config_text(source: str) -> str:
-    """The policy document's text from a local file or an SSM parameter (`ssm:/name`)."""
-    if source.startswith(SSM_PREFIX):
-        from aws_lambda_powertools.utilities import parameters
+    """The policy document's text from a file, `ssm:/name` or `appconfig:app/env/profile` (see configstore)."""
+    from . import configstore
 
-        name = source.removeprefix(SSM_PREFIX)
-        try:
-            # Cached for a minute: a warm Lambda does not read SSM every cycle.
-            return parameters.get_parameter(name, decrypt=True, max_age=60)
-        except parameters.exceptions.GetParameterError as exc:
-            raise ConfigError(source, [f"cannot read SSM parameter {name}: {exc}"]) from None
-    try:
-        return Path(source).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, [f"cannot read {source}: {exc.strerror}"]) from None
+    return configstore.read_text(source)
 
 
 def resolve_secret(ref: SecretRef) -> str:
