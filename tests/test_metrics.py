@@ -223,3 +223,48 @@ def test_tracing_is_off_outside_lambda_and_never_loads_the_xray_sdk():
     root = Path(__file__).parent.parent
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert out.stdout.strip() == "False" and out.stderr == ""
+
+
+TRACED = """
+import json, os, socket
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+sock.settimeout(5)
+os.environ.update(
+    LAMBDA_TASK_ROOT="/var/task",
+    AWS_XRAY_DAEMON_ADDRESS=f"127.0.0.1:{sock.getsockname()[1]}",
+    _X_AMZN_TRACE_ID="Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+)
+from chalicelib import metrics
+
+def handler(event, context):
+    return {"answer": "ANSWER-NOT-FOR-THE-TRACE"}
+
+class Context:
+    function_name, aws_request_id = "vif-gatekeeper-test-poll", "request-1"
+
+for _ in range(2):
+    metrics.traced(handler)({}, Context())
+import aws_xray_sdk.core.patcher as patcher
+print(json.dumps(sorted(patcher._PATCHED_MODULES)))
+for _ in range(2):  # each datagram: the daemon protocol's header line, then one subsegment
+    print(sock.recv(65536).decode().split("\\n")[-1])
+"""
+
+
+def test_in_lambda_the_handler_is_traced_with_botocore_only_and_no_response(tmp_path):
+    """A real X-Ray SDK sending to a UDP 'daemon' on loopback: one subsegment, ColdStart, no response body."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parent.parent
+    out = subprocess.run([sys.executable, "-c", TRACED], capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    patched, *sent = out.stdout.strip().splitlines()
+    assert json.loads(patched) == ["botocore"]
+    segments = [json.loads(line) for line in sent]
+    assert [(s["name"], s["annotations"]["ColdStart"]) for s in segments] == [
+        ("## handler", True),
+        ("## handler", False),
+    ]
+    assert "ANSWER-NOT-FOR-THE-TRACE" not in out.stdout
