@@ -10,6 +10,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -119,12 +121,68 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON object per VIF per line")
     status.set_defaults(func=_status)
 
+    _config_commands(commands)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of every event on the queue")
     schema.set_defaults(func=_schema)
 
     demo = commands.add_parser("demo", help="the whole story on the embedded sandbox, in under a minute")
     demo.set_defaults(func=_demo)
     return parser
+
+
+EXIT_CHANGES = 3  # `config diff --exit-code`: the document differs from the deployed one
+_CONFIG_EXITS = """exit codes:
+  0  push: published (or nothing to change); diff: compared (with --exit-code: no change)
+  1  the store could not be read or written (missing stack resources, denied, a concurrent push)
+  2  the document is invalid or refers to secrets that are missing or outside their function's path:
+     nothing was uploaded
+  3  diff --exit-code: the document differs from the deployed one"""
+
+
+def _config_commands(commands: Any) -> None:
+    config = commands.add_parser(
+        "config",
+        help="validate, compare and publish the policy document of a deployed stage",
+        description="Publish the policy document of a stage: `config diff` shows what would change, "
+        "`config push` validates fully, shows the diff, then publishes.",
+        epilog=_CONFIG_EXITS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verbs = config.add_subparsers(required=True, metavar="VERB")
+    for verb, what in (
+        (
+            "push",
+            "validate FILE (as `check --offline`, plus: every secret reference exists, resolves, and lies under "
+            "the path its function may read), show the diff, then publish it; an invalid document is never uploaded",
+        ),
+        ("diff", "what FILE would change against the deployed document (targets, rules, trust widened or narrowed)"),
+    ):
+        command = verbs.add_parser(
+            verb,
+            help=what,
+            description=what,
+            epilog=_CONFIG_EXITS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_argument(
+            "--stage", required=True, help="the stage (dev, prod…): its VIFGATE_CONFIG and secret paths"
+        )
+        command.add_argument(
+            "--source",
+            help="the store to compare with / publish to (ssm:/name or appconfig:APP/ENV/PROFILE); "
+            "default: the stage's VIFGATE_CONFIG in .chalice/config.json",
+        )
+        command.add_argument(
+            "--chalice-config",
+            default=".chalice/config.json",
+            metavar="PATH",
+            help="where the stages are (default .chalice/config.json)",
+        )
+        command.add_argument("file", metavar="FILE", help="the policy document (YAML or JSON)")
+        if verb == "diff":
+            command.add_argument("--exit-code", action="store_true", help="exit 3 when the document differs")
+        command.set_defaults(func=_config_push if verb == "push" else _config_diff)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +331,200 @@ def format_table(report: CycleReport) -> str:
         for row in (headers, *rows)
     ]
     return "\n".join(lines)
+
+
+class _Refused(Exception):
+    """`config push/diff` stops: the lines say why, nothing was uploaded."""
+
+    def __init__(self, lines: list[str], code: int = EXIT_BAD_CONFIG):
+        super().__init__("\n".join(lines))
+        self.lines, self.code = lines, code
+
+
+def _stage_source(args: argparse.Namespace) -> str:
+    """--source, or the stage's VIFGATE_CONFIG in .chalice/config.json (helper A's infra decides it, not this code)."""
+    if args.source:
+        return args.source
+    path = Path(args.chalice_config)
+    try:
+        stages = json.loads(path.read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError) as exc:
+        raise _Refused([f"cannot read {path} ({type(exc).__name__}): give --source"]) from None
+    stage = stages.get(args.stage) if isinstance(stages, dict) else None
+    if not isinstance(stage, dict):
+        known = ", ".join(sorted(stages)) if isinstance(stages, dict) else "none"
+        raise _Refused([f"stage {_printable(args.stage)!r} is not in {path} (stages: {known})"])
+    source = (stage.get("environment_variables") or {}).get("VIFGATE_CONFIG")
+    if not source:
+        raise _Refused([f"stage {args.stage} of {path} sets no VIFGATE_CONFIG: give --source"])
+    return str(source)
+
+
+def _load_document(path: str) -> tuple[Policy, Any]:
+    """FILE -> (the validated policy, the loaded document); _Refused with every problem (as `check --offline`)."""
+    from .config import _PolicyLoader, parse_policy
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Refused([f"cannot read {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}"]) from None
+    try:
+        policy = parse_policy(text, path)
+    except ConfigError as exc:
+        raise _Refused([str(exc)]) from None
+    import yaml
+
+    document = yaml.load(text, Loader=_PolicyLoader)  # the same loader parse_policy used: it cannot fail now
+    return policy, document
+
+
+def _secret_problems(policy: Policy, stage: str) -> list[str]:
+    """Every reference outside its function's path, missing, unreadable or malformed; values are never shown."""
+    from .approvals.tokens import MIN_KEY_LENGTH
+    from .chatops import SecretUnavailable
+    from .config import SecretRef
+    from .configstore import references
+    from .runtime import resolve_secret
+
+    problems = []
+    for ref in references(policy, stage):
+        if ref.kind == "profile":
+            problems.append(
+                f"{ref.field}: profile {ref.name!r} exists only on this machine; the deployed {ref.readers} function "
+                f"reads a Secrets Manager secret under {ref.allowed}"
+            )
+            continue
+        if not ref.allowed_here():
+            where = "SSM parameter" if ref.kind == "parameter" else "secret"
+            shown = ref.allowed if ref.kind == "secret" else "/" + ref.allowed
+            problems.append(
+                f"{ref.field}: {where} {ref.name} is outside {shown}, the only path the {ref.readers} "
+                f"function{'s' if ' and ' in ref.readers else ''} may read"
+            )
+            continue
+        as_ref = (
+            SecretRef(secret_id=ref.name, key=ref.key)
+            if ref.kind == "secret"
+            else SecretRef(parameter=ref.name, key=ref.key)
+        )
+        try:
+            value = resolve_secret(as_ref)
+        except (LookupError, SecretUnavailable) as exc:
+            problems.append(f"{ref.field}: cannot be read: {exc}")
+            continue
+        if ref.field.startswith("targets["):
+            try:
+                keys = json.loads(value)
+                ok = isinstance(keys, dict) and all(
+                    isinstance(keys.get(k), str) for k in ("access_key_id", "secret_access_key")
+                )
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"{ref.field}: secret {ref.name} is not JSON with access_key_id and secret_access_key")
+        elif ref.field == "approvals.signing_key" and len(value) < MIN_KEY_LENGTH:
+            problems.append(f"{ref.field}: the key in {ref.name} is shorter than {MIN_KEY_LENGTH} characters")
+        elif not value:
+            problems.append(f"{ref.field}: {ref.name} is empty")
+    return problems
+
+
+def _validated(args: argparse.Namespace, *, secrets: bool) -> tuple[str, Policy, str]:
+    """(source, policy, JSON text to upload), or _Refused naming every problem."""
+    from .configschema import policy_json_schema
+    from .configstore import to_json
+
+    source = _stage_source(args)
+    policy, document = _load_document(args.file)
+    problems = []
+    try:
+        text = to_json(document)
+    except (TypeError, ValueError):
+        text = ""
+        problems.append("the document holds values JSON cannot (a YAML date or set?): write them as strings")
+    if text:
+        import jsonschema
+
+        validator = jsonschema.Draft4Validator(policy_json_schema())
+        for error in validator.iter_errors(json.loads(text)):
+            where = ".".join(str(p) for p in error.absolute_path) or "(document)"
+            problems.append(f"{where}: refused by infra/config-schema.json: {error.message[:200]}")
+    if secrets:
+        problems += _secret_problems(policy, args.stage)
+    if problems:
+        raise _Refused([f"invalid config {args.file} for stage {args.stage}:", *(f"  - {p}" for p in problems)])
+    return source, policy, text
+
+
+def _deployed_policy(store: Any) -> tuple[Policy | None, str]:
+    """The deployed document as a Policy (None: nothing deployed, or it does not parse) and how it was found."""
+    from .config import parse_policy
+
+    deployed = store.deployed()
+    if deployed.text is None:
+        return None, deployed.describe()
+    try:
+        return parse_policy(deployed.text, store.source.text), deployed.describe()
+    except ConfigError:
+        return None, deployed.describe() + "; it does not validate any more, so everything is shown as new"
+
+
+def _print_diff(source: str, file: str, found: str, changes: Any) -> None:
+    print(f"{file} against {source} ({found}):")
+    for line in changes.lines():
+        print(line)
+    print(changes.summary())
+
+
+def _config_diff(args: argparse.Namespace) -> int:
+    """`vifgate config diff --stage S FILE`: what would change against what the stage runs now."""
+    from .configdiff import diff
+    from .configstore import StoreError, parse_source, store_for
+
+    try:
+        source, policy, _text = _validated(args, secrets=False)
+        store = store_for(parse_source(source), strategy=f"vif-gatekeeper-{args.stage}")
+        old, found = _deployed_policy(store)
+    except _Refused as exc:
+        print("vifgate: " + "\n".join(exc.lines), file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except StoreError as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    changes = diff(old, policy)
+    _print_diff(source, args.file, found, changes)
+    return EXIT_CHANGES if args.exit_code and changes.changes else EXIT_OK
+
+
+def _config_push(args: argparse.Namespace) -> int:
+    """`vifgate config push --stage S FILE`: validate fully, show the diff, publish; nothing uploaded on any problem."""
+    from .configdiff import diff
+    from .configstore import StoreError, parse_source, store_for
+
+    try:
+        source, policy, text = _validated(args, secrets=True)
+        store = store_for(parse_source(source), strategy=f"vif-gatekeeper-{args.stage}")
+        old, found = _deployed_policy(store)
+        changes = diff(old, policy)
+        _print_diff(source, args.file, found, changes)
+        if old is not None and old == policy:
+            print("nothing to publish: the deployed document already says this")
+            return EXIT_OK
+        published = store.publish(text)
+    except _Refused as exc:
+        print("vifgate: " + "\n".join(exc.lines) + "\nNothing was uploaded.", file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(f"vifgate: {exc}\nNothing was uploaded.", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    except StoreError as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return EXIT_TARGET_FAILED
+    print(published.summary())
+    return EXIT_OK
 
 
 def _schema(args: argparse.Namespace) -> int:

@@ -394,3 +394,62 @@ def store_for(source: Source, *, session: Any = None, strategy: str | None = Non
 def to_json(document: Any) -> str:
     """The loaded document as the JSON text the store holds (AppConfig's JSON Schema validator needs JSON)."""
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- where each function may read its secrets (the IAM policies grant these paths only) ---------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One secret reference of a document: its field, where it points, who reads it, and where that one may read."""
+
+    field: str
+    kind: Literal["secret", "parameter", "profile"]
+    name: str
+    key: str | None
+    readers: str  # the deployed functions that resolve it
+    allowed: str  # the path (prefix) those functions may read
+
+    def allowed_here(self) -> bool:
+        name = _secret_name(self.name) if self.kind == "secret" else self.name.lstrip("/")
+        base = self.allowed.rstrip("/")
+        if self.allowed.endswith("/"):
+            return name.startswith(self.allowed) and len(name) > len(self.allowed)
+        return name == base or name.startswith(base + "/")
+
+
+def _secret_name(secret_id: str) -> str:
+    """A secret's name from its name or ARN (`arn:…:secret:NAME-AbCdEf`: the 6 characters AWS adds dropped)."""
+    if secret_id.startswith("arn:") and ":secret:" in secret_id:
+        return re.sub(r"-[A-Za-z0-9]{6}$", "", secret_id.split(":secret:", 1)[1])
+    return secret_id
+
+
+def references(policy: Any, stage: str) -> list[Reference]:
+    """Every secret reference of `policy`, with the path the function reading it may read in `stage`.
+
+    Targets' keys are read by poll (directlink), chat secrets by notify (chatops.notifier), the approvals
+    signing key by notify (links in messages) and api (verifying them), the Slack signing secret by api.
+    """
+    found: list[Reference] = []
+
+    def add(field_name: str, ref: Any, readers: str, allowed: str) -> None:
+        if ref is None:
+            return
+        if getattr(ref, "profile", None):
+            found.append(Reference(field_name, "profile", ref.profile, None, readers, allowed))
+        elif ref.secret_id:
+            found.append(Reference(field_name, "secret", ref.secret_id, getattr(ref, "key", None), readers, allowed))
+        else:
+            found.append(Reference(field_name, "parameter", ref.parameter, ref.key, readers, allowed))
+
+    for i, target in enumerate(policy.targets):
+        add(f"targets[{i}].credentials", target.credentials, "poll", f"vifgate/{stage}/targets/")
+    for i, destination in enumerate(policy.chat.destinations):
+        for name in ("url", "token", "signing_secret"):
+            add(f"chat.destinations[{i}].{name}", getattr(destination, name), "notify", f"vifgate/{stage}/chat/")
+    if policy.approvals is not None:
+        allowed = f"vifgate/{stage}/approvals"
+        add("approvals.signing_key", policy.approvals.signing_key, "notify and api", allowed)
+        add("approvals.slack_signing_secret", policy.approvals.slack_signing_secret, "api", allowed)
+    return found

@@ -99,7 +99,7 @@ def resolve_secret(ref: SecretRef) -> str:
             assert ref.parameter is not None  # SecretRef holds exactly one of the two
             value = parameters.get_parameter(ref.parameter, decrypt=True, max_age=SECRET_MAX_AGE)
     except parameters.exceptions.GetParameterError as exc:
-        cause = exc.__cause__
+        cause = exc.__cause__ or exc.__context__  # Powertools raises inside its except: the context is the cause
         code = getattr(cause, "response", {}).get("Error", {}).get("Code") or type(cause).__name__
         if code in TRANSIENT:
             raise SecretUnavailable(code) from None
