@@ -154,7 +154,8 @@ def _rules(result: Diff, old: Policy, new: Policy) -> None:
         if fields:
             result.add("changed", f"rule {name}: {', '.join(fields)}")
             _rule_trust(result, previous, rule)
-            _rule_approvers(result, new, previous, rule, old)
+        # Also when only approvals.groups changed: who a group holds is who may approve.
+        _rule_approvers(result, new, previous, rule, old)
     for name, rule in before.items():
         if name not in after:
             result.add("removed", f"rule {name} ({rule.action})")
