@@ -61,12 +61,14 @@ def _set(path: str, value):
         (_set("rules.0.accounts", [A, B]), "! TRUST WIDENED: rule partner confirms for new account(s) 444455556666"),
         (_set("rules.0.connections", ["dxcon-aaaaaaaa", "dxcon-bbbbbbbb"]),
          "! TRUST WIDENED: rule partner trusts new connection(s) dxcon-bbbbbbbb"),
-        (_set("rules.0.connections", ["dxcon-bbbbbbbb"]), "v trust narrowed: rule partner no longer trusts dxcon-aaaaaaaa"),
+        (_set("rules.0.connections", ["dxcon-bbbbbbbb"]),
+         "v trust narrowed: rule partner no longer trusts dxcon-aaaaaaaa"),
         (_set("rules.0.asn", None), "! TRUST WIDENED: rule partner no longer limits asn"),
         (_set("rules.0.gateway", "vgw-87654321"),
          "! TRUST WIDENED: rule partner confirms with a new gateway vgw-87654321 (was vgw-12345678)"),
         (_set("rules.1.min_approvals", 1), "! TRUST WIDENED: rule two-person needs 1 approval(s), was 2"),
-        (_set("rules.1.approvers", ["netops", "carol"]), "! TRUST WIDENED: rule two-person may be approved by carol too"),
+        (_set("rules.1.approvers", ["netops", "carol"]),
+         "! TRUST WIDENED: rule two-person may be approved by carol too"),
         (_set("rules.1.approvers", ["alice", "bob"]), None),  # the group spelt out: the same people
         (_set("approvals.groups", {"netops": ["alice", "bob", "carol"]}),
          "! TRUST WIDENED: rule two-person may be approved by carol too"),
@@ -83,7 +85,8 @@ def _set(path: str, value):
         (lambda doc: doc["rules"].pop(0),
          "v trust narrowed: rule partner no longer confirms accounts [111122223333] on connections [dxcon-aaaaaaaa] "
          "(asn [65000]) with vgw-12345678"),
-        (_set("auto_confirm", False), "v trust narrowed: auto-confirm PAUSED (auto_confirm: false): every confirm becomes an ask"),
+        (_set("auto_confirm", False),
+         "v trust narrowed: auto-confirm PAUSED (auto_confirm: false): every confirm becomes an ask"),
     ],
 )  # fmt: skip
 def test_diff_lines(edit, expected):
