@@ -91,7 +91,7 @@ def diff(old: Policy | None, new: Policy) -> Diff:
     """Every change from `old` (None: nothing deployed) to `new`."""
     result = Diff()
     if old is None:
-        result.add("added", f"the whole document (nothing deployed yet): {len(new.targets)} target(s)")
+        result.add("added", f"the whole document: {len(new.targets)} target(s), {len(new.rules)} rule(s)")
         for rule in new.rules:
             if rule.action == "confirm":
                 result.add("widened", f"rule {rule.name} confirms {_trusts(rule)}")
