@@ -149,3 +149,25 @@ def test_chat_says_auto_confirm_is_paused():
     assert "auto-confirm is paused" in message.text.lower()
     plain = render(vif_event("vif.approval_requested", reason="rule ask-prod asks", rule="ask-prod", **when))
     assert plain.title == "Approval needed: VIF prod-par-1" and "PAUSED" not in str(plain.fields)
+
+
+def test_while_paused_a_persons_approval_is_still_carried_out(directlink, aws):
+    from tests.approvals.test_cycle import config, cycle, of_type, outcome, vote
+
+    paused = config(default_approvers="[netops]") + "auto_confirm: false\n"
+    prod_app = directlink.world.vif_ids["prod-app"]
+    first = cycle(directlink, paused)
+    asked = outcome(first, "prod-app")
+    assert asked.action == "ask" and asked.reason.startswith(f"{PAUSED}: rule partner-prod would have confirmed")
+    [requested] = of_type(first, "vif.approval_requested", prod_app)
+    assert requested.data.approvers == ["alice", "bob"] and requested.data.gateways == [scenario.PROD_GATEWAY]
+    assert confirm_calls(directlink) == []
+
+    vote(directlink, requested.data.request_id, "alice", text=paused)
+    directlink.clock.advance(timedelta(minutes=1))
+    second = cycle(directlink, paused)
+    done = outcome(second, "prod-app")
+    assert done.action == "confirmed" and "approved by alice" in done.reason
+    assert done.virtualGatewayId == scenario.PROD_GATEWAY
+    [confirmed] = of_type(second, "vif.confirmed", prod_app)
+    assert confirmed.data.by == "approver" and confirmed.data.approver == "alice"
