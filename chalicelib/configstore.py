@@ -121,6 +121,8 @@ def read_text(source: str, *, appconfigdata: Any = None) -> str:
         value = provider.get(where.profile, max_age=READ_MAX_AGE)
     except parameters.exceptions.GetParameterError as exc:
         raise ConfigError(source, [f"cannot read {where.describe()}: {_cause(exc)}"]) from None
+    except (BotoCoreError, ClientError) as exc:  # building the client (no region, no credentials) is outside Powertools
+        raise ConfigError(source, [f"cannot read {where.describe()}: {_code(exc)}"]) from None
     if isinstance(value, bytes):
         try:
             value = value.decode("utf-8")

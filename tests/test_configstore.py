@@ -326,3 +326,17 @@ def test_appconfig_missing_resources_are_named(appconfig):
     with pytest.raises(StoreError) as info:
         store.publish(TEXT)
     assert "AppConfig application 'vif-gatekeeper-dev' does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("source", [SOURCE, "ssm:/vifgate/prod/config"])
+def test_no_region_is_a_config_error_not_a_traceback(source, monkeypatch):
+    from aws_lambda_powertools.utilities.parameters import base
+
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setattr(configstore, "_providers", {})
+    monkeypatch.setattr(base, "DEFAULT_PROVIDERS", {})
+    with pytest.raises(ConfigError) as info:
+        read_text(source)
+    assert info.value.source == source and "NoRegionError" in str(info.value)
