@@ -125,14 +125,11 @@ def traced(handler: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     data that is not ours to store); X-Ray still marks the invocation as faulted.
     """
 
-    wrapped: list[Callable[[Any, Any], Any]] = []  # made on the first invocation, then reused
-
+    # ConvertToMiddleware calls this with a fresh handler at each invocation: nothing to cache here.
     @functools.wraps(handler)
     def wrapper(event: Any, context: Any) -> Any:
         if not tracing_enabled():
             return handler(event, context)
-        if not wrapped:
-            wrapped.append(tracer().capture_lambda_handler(handler, capture_response=False, capture_error=False))
-        return wrapped[0](event, context)
+        return tracer().capture_lambda_handler(handler, capture_response=False, capture_error=False)(event, context)
 
     return wrapper
