@@ -55,7 +55,7 @@ class SampleResult:
 def sample_events(now: datetime | None = None) -> list[CloudEvent]:
     """One event of every type the chat messages render, in events.EVENT_TYPES order."""
     now = (now or datetime.now(UTC)).replace(microsecond=0)
-    first_seen = now - timedelta(days=5, hours=23)
+    first_seen = now - timedelta(days=6, hours=1)  # 23 h left: under the sample 24 h expiry warning
     deadline = first_seen + timedelta(days=7)
     dates = {"deadline": deadline, "deadline_certain": True, "first_seen_at": first_seen}
     request = {"request_id": SAMPLE_REQUEST, "min_approvals": 2}
