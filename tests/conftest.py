@@ -41,6 +41,32 @@ def isolated_aws_env(monkeypatch, tmp_path):
     yield
 
 
+@pytest.fixture(autouse=True)
+def stage_config_through_ssm(monkeypatch):
+    """Chalice's test Client with a stage reads that stage's config from SSM, not AppConfig.
+
+    The stages read `appconfig:vif-gatekeeper-S/S/policy`; moto has no appconfigdata (the AppConfig
+    reading code is tested with a Stubber in tests/test_configstore.py), and the `ssm:` source is the
+    other supported one, so in-process stage tests keep putting their document in `/vifgate/S/config`.
+    """
+    import contextlib
+
+    import chalice.test
+
+    original = chalice.test.BaseClient._patched_env_vars
+
+    @contextlib.contextmanager
+    def patched(client, environment_variables):
+        variables = dict(environment_variables)
+        source = variables.get("VIFGATE_CONFIG", "")
+        if source.startswith("appconfig:vif-gatekeeper-"):
+            variables["VIFGATE_CONFIG"] = f"ssm:/vifgate/{source.split('/')[1]}/config"
+        with original(client, variables):
+            yield
+
+    monkeypatch.setattr(chalice.test.BaseClient, "_patched_env_vars", patched)
+
+
 SCHEMA = Draft202012Validator(json.loads((Path(__file__).parent.parent / "docs/events.schema.json").read_text()))
 
 

@@ -36,7 +36,9 @@ PROD_ENV: dict[str, str] = json.loads((Path(__file__).parents[2] / ".chalice/con
     STAGE
 ]["environment_variables"]
 TABLE = PROD_ENV["VIFGATE_TABLE"]
-CONFIG_PARAMETER = PROD_ENV["VIFGATE_CONFIG"].removeprefix("ssm:")
+# The stage reads AppConfig; in-process tests read its ssm: twin (tests/conftest.py stage_config_through_ssm).
+CONFIG_PARAMETER = f"/vifgate/{STAGE}/config"
+PROD_ENV["VIFGATE_CONFIG"] = f"ssm:{CONFIG_PARAMETER}"
 APPROVALS_SECRET = "vifgate/prod/approvals"
 SLACK_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"  # a Slack signing secret's shape: 32 hex-ish characters
 SIGNING_KEY = "test-approvals-signing-key-0123456789-abcdef"  # at least 32 characters

@@ -1,9 +1,8 @@
-"""The internet-facing API function's own IAM policy: the ledger, one Invoke of the poller, config, approvals secrets.
+"""Each function's own IAM policy, least privilege: what it may call, on exactly which resources.
 
-It holds nothing of DirectLink (no confirm or delete can start from a forged request), no STS (it
-cannot become a target's role) and no SQS. What the routes really call is granted: the last test
-records every AWS call the API function makes through chalice's test client and checks each one
-against the policy file, so a new ledger operation without its grant fails here, not in production.
+Policy files may use CloudFormation intrinsics (chalice embeds them verbatim into each role, see
+tests/test_packaging.py); `resolve` stands in for CloudFormation here. The static tests pin every
+grant; the recorded test runs the API routes and checks each AWS call they make against the file.
 """
 
 from __future__ import annotations
@@ -11,11 +10,13 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import boto3
@@ -29,32 +30,75 @@ from chalicelib.approvals import tokens
 from chalicelib.ledger import Ledger, create_table
 from sandbox import scenario
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parent.parent
 CHALICE = ROOT / ".chalice"
-BIN = Path(sys.executable).parent
 STAGES = ("dev", "prod")
-# The one statement list the API function may hold; anything added here is a decision to review.
-API_ACTIONS = {
-    "logs:CreateLogGroup",
+FUNCTIONS = {"poll": "poll", "notify": "notify", "api_handler": "api"}
+ACCOUNT = "123456789012"  # moto's account
+COMMON = {
     "logs:CreateLogStream",
     "logs:PutLogEvents",
-    "dynamodb:GetItem",
-    "dynamodb:Query",
-    "dynamodb:UpdateItem",
-    "dynamodb:PutItem",
-    "lambda:InvokeFunction",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "appconfig:StartConfigurationSession",
+    "appconfig:GetLatestConfiguration",
     "ssm:GetParameter",
-    "secretsmanager:GetSecretValue",
 }
-FORBIDDEN_PREFIXES = ("directconnect:", "sts:", "sqs:", "iam:", "kms:")
+# The one action list each function may hold; anything added here is a decision to review.
+ACTIONS = {
+    "poll": COMMON
+    | {
+        "dynamodb:Query",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:ConditionCheckItem",
+        "secretsmanager:GetSecretValue",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
+        "directconnect:DescribeVirtualInterfaces",
+        "directconnect:DescribeVirtualGateways",
+        "directconnect:ConfirmPrivateVirtualInterface",
+        "directconnect:DeleteVirtualInterface",
+        "sts:AssumeRole",
+    },
+    "notify": COMMON
+    | {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "secretsmanager:GetSecretValue",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
+    },
+    "api": COMMON
+    | {
+        "dynamodb:GetItem",
+        "dynamodb:Query",
+        "dynamodb:UpdateItem",
+        "dynamodb:PutItem",
+        "lambda:InvokeFunction",
+        "secretsmanager:GetSecretValue",
+    },
+}
+# Where "*" is the only resource the service accepts.
+STAR_ACTIONS = {
+    "directconnect:DescribeVirtualInterfaces",
+    "directconnect:DescribeVirtualGateways",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
 
 
 def stage_config(stage: str) -> dict:
     return json.loads((CHALICE / "config.json").read_text())["stages"][stage]
 
 
-def api_policy_file(stage: str) -> str:
-    return stage_config(stage)["lambda_functions"]["api_handler"]["iam_policy_file"]
+def policy_file(stage: str, function: str) -> str:
+    return stage_config(stage)["lambda_functions"][function]["iam_policy_file"]
 
 
 def policy(name: str) -> dict:
@@ -66,40 +110,138 @@ def statements(document: dict) -> list[dict]:
     return [found] if isinstance(found, dict) else found
 
 
-def as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else value
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def granted(document: dict) -> set[str]:
     return {action for s in statements(document) if s["Effect"] == "Allow" for action in as_list(s["Action"])}
 
 
+def attributes(stage: str, region: str) -> dict[str, str]:
+    """What CloudFormation would put in for the template's resources (names from infra/template.json)."""
+    prefix = f"arn:aws:{{}}:{region}:{ACCOUNT}:"
+    logs = prefix.format("logs") + "log-group:/aws/lambda/vif-gatekeeper-" + stage + "-{}:*"
+    return {
+        "LedgerTable.Arn": prefix.format("dynamodb") + f"table/vifgate-{stage}-ledger",
+        "EventsQueue.Arn": prefix.format("sqs") + f"vifgate-{stage}-events.fifo",
+        "EventsDeadLetterQueue.Arn": prefix.format("sqs") + f"vifgate-{stage}-events-dlq.fifo",
+        "Poll.Arn": prefix.format("lambda") + f"function:vif-gatekeeper-{stage}-poll",
+        "PollLogGroup.Arn": logs.format("poll"),
+        "NotifyLogGroup.Arn": logs.format("notify"),
+        "ApiHandlerLogGroup.Arn": logs.format("api_handler"),
+        "AWS::Partition": "aws",
+        "AWS::Region": region,
+        "AWS::AccountId": ACCOUNT,
+        "MemberRoleName": "vif-gatekeeper-member",
+        "PolicyApplication.ApplicationId": "app1234",
+        "PolicyEnvironment.EnvironmentId": "env1234",
+        "PolicyProfile.ConfigurationProfileId": "prof123",
+    }
+
+
+def resolve(value: Any, stage: str, region: str = "eu-west-1") -> Any:
+    """A policy document with CloudFormation's intrinsics replaced by what they stand for; unknown names fail."""
+    known = attributes(stage, region)
+    if isinstance(value, list):
+        return [resolve(v, stage, region) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"Fn::GetAtt"}:
+            return known[".".join(value["Fn::GetAtt"])]
+        if set(value) == {"Ref"}:
+            return known[value["Ref"]]
+        if set(value) == {"Fn::Sub"}:
+            return re.sub(r"\$\{([^}]+)\}", lambda m: known[m.group(1)], value["Fn::Sub"])
+        return {k: resolve(v, stage, region) for k, v in value.items()}
+    return value
+
+
+def resources_of(document: dict, action: str) -> list[str]:
+    return [r for s in statements(document) if action in as_list(s["Action"]) for r in as_list(s["Resource"])]
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in CHALICE.glob("policy*.json")))
-def test_no_policy_file_grants_a_wildcard_action_or_denies_by_exception(name):
+def test_no_policy_file_grants_a_wildcard_action_or_star_beyond_describe_and_xray(name):
     for statement in statements(policy(name)):
+        assert statement["Effect"] == "Allow", (name, statement.get("Sid"))
         assert "NotAction" not in statement and "NotResource" not in statement, (name, statement.get("Sid"))
         for action in as_list(statement["Action"]):
             assert "*" not in action and "?" not in action, f"{name}: wildcard action {action}"
+        if "*" in as_list(statement["Resource"]):
+            assert set(as_list(statement["Action"])) <= STAR_ACTIONS, f"{name}: Resource * for {statement['Action']}"
+            assert as_list(statement["Resource"]) == ["*"], name
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_the_api_function_has_its_own_policy_with_nothing_of_directlink(stage):
-    name = api_policy_file(stage)
-    assert name == f"policy-api-{stage}.json"
-    assert name != stage_config(stage)["iam_policy_file"], "the API must not share the poller's role"
-    document = policy(name)
-    actions = granted(document)
-    assert actions == API_ACTIONS
-    assert not [a for a in actions if a.lower().startswith(FORBIDDEN_PREFIXES)]
-    by_sid = {s["Sid"]: as_list(s["Resource"]) for s in statements(document)}
-    poll_function = stage_config(stage)["environment_variables"]["VIFGATE_POLL_FUNCTION"]
-    assert poll_function == f"vif-gatekeeper-{stage}-poll"  # Chalice's <app_name>-<stage>-<function>
-    assert by_sid["TriggerThePoller"] == [f"arn:aws:lambda:*:*:function:{poll_function}"]
-    assert by_sid["LedgerApprovalsAndVotes"] == [f"arn:aws:dynamodb:*:*:table/vifgate-{stage}-ledger"]
-    assert by_sid["ConfigParameter"] == [f"arn:aws:ssm:*:*:parameter/vifgate/{stage}/config"]
-    assert by_sid["ApprovalsSecrets"] == [f"arn:aws:secretsmanager:*:*:secret:vifgate/{stage}/approvals*"]
-    # The poller keeps its DirectLink rights: the approval is carried out there.
-    assert "directconnect:ConfirmPrivateVirtualInterface" in granted(policy(stage_config(stage)["iam_policy_file"]))
+def test_every_function_has_its_own_policy_file_and_nothing_else_is_left(stage):
+    files = {function: policy_file(stage, function) for function in FUNCTIONS}
+    assert files == {f: f"policy-{short}-{stage}.json" for f, short in FUNCTIONS.items()}
+    assert "iam_policy_file" not in stage_config(stage), "a stage-wide policy would be a fourth, shared role"
+    expected = {f"policy-{short}-{s}.json" for short in FUNCTIONS.values() for s in STAGES}
+    assert {p.name for p in CHALICE.glob("policy*.json")} == expected
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("function", sorted(FUNCTIONS))
+def test_each_function_is_granted_exactly_its_actions(stage, function):
+    assert granted(policy(policy_file(stage, function))) == ACTIONS[FUNCTIONS[function]]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_only_poll_touches_directlink_or_assumes_roles_and_only_on_exact_resources(stage):
+    for function in ("notify", "api_handler"):
+        text = json.dumps(policy(policy_file(stage, function)))
+        assert "directconnect:" not in text and "sts:" not in text, function
+    poll = resolve(policy(policy_file(stage, "poll")), stage)
+    for action in ("directconnect:ConfirmPrivateVirtualInterface", "directconnect:DeleteVirtualInterface"):
+        assert resources_of(poll, action) == [f"arn:aws:directconnect:*:{ACCOUNT}:dxvif/*"], action
+    assert resources_of(poll, "sts:AssumeRole") == ["arn:aws:iam::*:role/vif-gatekeeper-member"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_reads_only_its_own_secrets_and_config(stage):
+    sm = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:vifgate/{stage}/"
+    ssm = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/vifgate/{stage}/"
+    own = {"poll": ["targets/*"], "notify": ["chat/*", "approvals*"], "api": ["approvals*"]}
+    appconfig = f"arn:aws:appconfig:eu-west-1:{ACCOUNT}:application/app1234/environment/env1234/configuration/prof123"
+    for function, short in FUNCTIONS.items():
+        document = resolve(policy(policy_file(stage, function)), stage)
+        assert resources_of(document, "secretsmanager:GetSecretValue") == [sm + p for p in own[short]], function
+        assert sorted(resources_of(document, "ssm:GetParameter")) == sorted(
+            [ssm + "config"] + [ssm + p for p in own[short]]
+        )
+        for action in ("appconfig:StartConfigurationSession", "appconfig:GetLatestConfiguration"):
+            assert resources_of(document, action) == [appconfig], (function, action)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_queues_table_logs_and_invoke_are_the_stage_own(stage):
+    arns = attributes(stage, "eu-west-1")
+    poll, notify, api = (resolve(policy(policy_file(stage, f)), stage) for f in FUNCTIONS)
+    assert resources_of(poll, "sqs:SendMessage") == [arns["EventsQueue.Arn"]]
+    assert resources_of(notify, "sqs:SendMessage") == [arns["EventsDeadLetterQueue.Arn"]]
+    assert resources_of(notify, "sqs:ReceiveMessage") == [arns["EventsQueue.Arn"]]
+    assert resources_of(api, "lambda:InvokeFunction") == [arns["Poll.Arn"]]
+    assert stage_config(stage)["environment_variables"]["VIFGATE_POLL_FUNCTION"] == f"vif-gatekeeper-{stage}-poll"
+    for document, group in ((poll, "PollLogGroup"), (notify, "NotifyLogGroup"), (api, "ApiHandlerLogGroup")):
+        assert resources_of(document, "logs:PutLogEvents") == [arns[f"{group}.Arn"]]
+        assert set(resources_of(document, "dynamodb:GetItem")) == {arns["LedgerTable.Arn"]}
+
+
+def test_the_old_shared_policy_would_fail_these_checks():
+    """The checks above can fail: the stage-wide policy this replaced grants notify and api DirectLink."""
+    shared = {
+        "Statement": [
+            {"Effect": "Allow", "Action": ["directconnect:ConfirmPrivateVirtualInterface"], "Resource": "*"},
+            {
+                "Effect": "Allow",
+                "Action": ["secretsmanager:GetSecretValue"],
+                "Resource": "arn:aws:secretsmanager:*:*:secret:vifgate/prod/*",
+            },
+        ]
+    }
+    assert "*" in resources_of(shared, "directconnect:ConfirmPrivateVirtualInterface")
+    assert granted(shared) != ACTIONS["api"]
 
 
 ROLES_SCRIPT = """
@@ -114,55 +256,27 @@ graph = ApplicationGraphBuilder().build(config, stage)
 roles = {}
 for resource in DependencyBuilder().build_dependencies(graph):
     if isinstance(resource, models.LambdaFunction):
-        roles[resource.function_name] = [resource.role.role_name, resource.role.policy.filename]
+        roles[resource.resource_name] = [resource.role.role_name, resource.role.policy.filename]
 print(json.dumps(roles))
 """
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_chalice_gives_the_api_handler_the_api_policy_and_the_others_the_stage_policy(stage):
-    """Chalice's own application graph (what `chalice package` and `deploy` build), without packaging."""
+def test_chalice_gives_each_function_its_own_role_and_policy_file(stage):
+    """Chalice's own application graph (what `chalice package` builds), without packaging."""
     env = dict(os.environ, AWS_DEFAULT_REGION="eu-west-1")
     out = subprocess.run(
         [sys.executable, "-c", ROLES_SCRIPT, stage], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     )
     roles = {name: (role, Path(file).name) for name, (role, file) in json.loads(out.stdout).items()}
-    assert roles[f"vif-gatekeeper-{stage}"] == (f"vif-gatekeeper-{stage}-api_handler", f"policy-api-{stage}.json")
-    assert roles[f"vif-gatekeeper-{stage}-poll"][1] == f"policy-{stage}.json"
-    assert roles[f"vif-gatekeeper-{stage}-notify"][1] == f"policy-{stage}.json"
-
-
-@pytest.mark.slow
-def test_chalice_package_gives_the_api_handler_a_role_without_directlink(tmp_path):
-    """`chalice package --stage prod`: downloads the Lambda wheels once (PyPI), like tests/test_packaging.py."""
-    out = tmp_path / "out"
-    env = dict(os.environ, AWS_DEFAULT_REGION="eu-west-1")
-    result = subprocess.run(
-        [str(BIN / "chalice"), "package", "--stage", "prod", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    resources = json.loads((out / "sam.json").read_text())["Resources"]
-    role = resources["APIHandler"]["Properties"]["Role"]
-    assert role == {"Fn::GetAtt": ["ApiHandlerRole", "Arn"]}
-    documents = [p["PolicyDocument"] for p in resources["ApiHandlerRole"]["Properties"]["Policies"]]
-    assert documents == [policy("policy-api-prod.json")]
-    assert "directconnect" not in json.dumps(resources["ApiHandlerRole"])
-    assert resources["APIHandler"]["Properties"]["Environment"]["Variables"]["VIFGATE_POLL_FUNCTION"] == (
-        "vif-gatekeeper-prod-poll"
-    )
-    poll_role = resources["Poll"]["Properties"]["Role"]["Fn::GetAtt"][0]
-    assert poll_role != "ApiHandlerRole"
-    assert "directconnect:ConfirmPrivateVirtualInterface" in json.dumps(resources[poll_role])
+    assert {name: file for name, (_, file) in roles.items()} == {
+        f: f"policy-{short}-{stage}.json" for f, short in FUNCTIONS.items()
+    }
+    assert len({role for role, _ in roles.values()}) == 3, roles
 
 
 # --- what the API function really calls -------------------------------------------------------
 
-ACCOUNT = "123456789012"  # moto's account
 SIGNING_KEY = "k" * 24 + "-iam-test-signing-key-0001"
 SLACK_SECRET = "slack-signing-secret-for-the-iam-test"
 APPROVERS = {"alice": ("U0ALICE01", "a" * 26), "bob": ("U0BOB0001", "b" * 26)}
@@ -321,12 +435,12 @@ def test_every_call_the_api_function_makes_is_granted_by_its_policy(prod_world, 
     services = {service for service, _, _ in recorder.calls}
     assert "directconnect" not in services and "sts" not in services and "sqs" not in services, services
     assert ("lambda", "Invoke") in {(s, o) for s, o, _ in recorder.calls}, "the decided vote triggers the poller"
-    document = policy(api_policy_file("prod"))
     region = boto3.session.Session().region_name
+    document = resolve(policy(policy_file("prod", "api_handler")), "prod", region)
     refused = [
         (action, resource)
         for service, operation, params in recorder.calls
         for action, resource in needed(service, operation, params, region)
         if not allowed(document, action, resource)
     ]
-    assert not refused, f"the API function calls what {api_policy_file('prod')} does not grant: {refused}"
+    assert not refused, f"the API function calls what {policy_file('prod', 'api_handler')} does not grant: {refused}"
