@@ -14,7 +14,7 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test lint browser sandbox bench bench-memory faults clean
+.PHONY: help setup demo test lint browser sandbox bench bench-memory faults clean package deploy destroy
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
@@ -25,6 +25,9 @@ help:
 	@echo "make bench    time a poll cycle over 8 targets, sequential vs concurrent"
 	@echo "make bench-memory  peak memory and CPU of a cycle over 10/100/200 targets, old vs current"
 	@echo "make faults   kill the poller at four points of a confirm, break answers; count what survives"
+	@echo "make package STAGE=dev|prod [REGION=eu-west-1]  chalice package + infra template into build/<stage>/, cfn-lint"
+	@echo "make deploy STAGE=... BUCKET=... [ALARM_TOPIC=arn] [REGION=...]  aws cloudformation package + deploy"
+	@echo "make destroy STAGE=... [REGION=...]  delete the stack (the ledger table is retained)"
 	@echo "make clean    remove .venv and caches"
 
 $(STAMP): pyproject.toml requirements.txt
@@ -85,3 +88,49 @@ bench-memory: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+# --- deploy (chalice package + CloudFormation; `chalice deploy` is not supported: infra/template.json is required)
+# chalice package needs a region even though the template is region-free: REGION, else AWS_REGION, else eu-west-1.
+STAGE ?=
+BUCKET ?=
+ALARM_TOPIC ?=
+REGION ?= $(or $(AWS_REGION),$(AWS_DEFAULT_REGION),eu-west-1)
+STACK = vif-gatekeeper-$(STAGE)
+BUILD = build/$(STAGE)
+AWS ?= aws
+
+define need_stage
+	@case "$(STAGE)" in dev|prod) ;; *) echo "error: say which stage: STAGE=dev or STAGE=prod (.chalice/config.json)" >&2; exit 2;; esac
+endef
+define need_aws
+	@command -v $(AWS) >/dev/null 2>&1 || { echo "error: the aws CLI is needed to $(1) (not found on PATH)." >&2; \
+	  echo "       Install it: https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html" >&2; \
+	  echo "       (or 'python3 -m pip install awscli'), configure credentials, then rerun." >&2; exit 2; }
+endef
+
+package: $(STAMP)
+	$(call need_stage)
+	@echo "Packaging stage $(STAGE) for region $(REGION) into $(BUILD)/"
+	rm -rf $(BUILD) && mkdir -p build
+	AWS_DEFAULT_REGION=$(REGION) $(VENV)/bin/chalice package --stage $(STAGE) --merge-template infra/template.json $(BUILD) 2>&1 | tee $(BUILD).log
+	@# Chalice only warns when a wheel is missing; the function would then fail at import in Lambda.
+	@if grep -q "Could not install dependencies" $(BUILD).log; then \
+	  echo "error: chalice could not install every dependency for Lambda (see $(BUILD).log)" >&2; exit 1; fi
+	$(VENV)/bin/cfn-lint $(BUILD)/sam.json
+	@echo "deployment.zip: $$(stat -c %s $(BUILD)/deployment.zip) bytes"
+
+deploy: package
+	$(call need_aws,deploy)
+	@if [ -z "$(BUCKET)" ]; then echo "error: BUCKET=<an S3 bucket in $(REGION)> is needed for the code upload" >&2; exit 2; fi
+	$(AWS) cloudformation package --region $(REGION) --template-file $(BUILD)/sam.json --s3-bucket $(BUCKET) --s3-prefix $(STACK) --output-template-file $(BUILD)/packaged.yaml
+	$(AWS) cloudformation deploy --region $(REGION) --template-file $(BUILD)/packaged.yaml --stack-name $(STACK) --capabilities CAPABILITY_IAM --no-fail-on-empty-changeset --parameter-overrides Stage=$(STAGE) AlarmTopicArn=$(ALARM_TOPIC)
+	$(AWS) cloudformation describe-stacks --region $(REGION) --stack-name $(STACK) --query "Stacks[0].Outputs" --output table
+
+destroy:
+	$(call need_stage)
+	$(call need_aws,destroy)
+	$(AWS) cloudformation delete-stack --region $(REGION) --stack-name $(STACK)
+	$(AWS) cloudformation wait stack-delete-complete --region $(REGION) --stack-name $(STACK)
+	@echo "Deleted $(STACK). Retained on purpose (it holds the decisions and approvals): the DynamoDB table vifgate-$(STAGE)-ledger."
+	@echo "Remove it too with: $(AWS) dynamodb delete-table --region $(REGION) --table-name vifgate-$(STAGE)-ledger"
+	@echo "Not created by the stack, remove by hand if unused: the secrets under vifgate/$(STAGE)/ and member-account roles."
