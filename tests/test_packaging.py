@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -65,34 +66,168 @@ def test_poll_rate_comes_from_the_stage_variable():
     assert out.stdout.strip() == "rate(5 minutes)"
 
 
-@pytest.mark.slow
-def test_chalice_package_builds_a_python313_template_that_lints(tmp_path):
-    """Downloads the Lambda wheels (PyPI), so it needs the package registry, like `make test` does."""
-    out = tmp_path / "out"
-    env = dict(os.environ, AWS_DEFAULT_REGION="eu-west-1")
+# --- the package itself (slow: downloads the Lambda wheels and boto3 from the package registry) --------------
+
+FUNCTIONS = {"Poll": "poll", "Notify": "notify", "APIHandler": "api_handler"}
+ROLES = {"Poll": "PollRole", "Notify": "NotifyRole", "APIHandler": "ApiHandlerRole"}
+STAR_ACTIONS = {
+    "directconnect:DescribeVirtualInterfaces",
+    "directconnect:DescribeVirtualGateways",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "cloudwatch:DescribeAlarms",
+}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """`make package STAGE=prod`, built once for this module; its output directory."""
+    out = tmp_path_factory.mktemp("package") / "prod"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_DEFAULT_REGION"] = "eu-west-1"
     result = subprocess.run(
         [str(BIN / "chalice"), "package", "--stage", "prod", "--merge-template", "infra/template.json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     printed = result.stdout + result.stderr
     assert result.returncode == 0, printed
     # Chalice only warns when a wheel is missing, and the function would fail at import in Lambda.
     assert "Could not install dependencies" not in printed, printed
-    template = json.loads((out / "sam.json").read_text())
-    functions = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::Serverless::Function"}
-    assert {f["Properties"]["Runtime"] for f in functions.values()} == {"python3.13"}
+    size = (out / "deployment.zip").stat().st_size
+    print(f"deployment.zip: {size} bytes ({size / 1e6:.2f} MB)")
+    return out
+
+
+@pytest.fixture(scope="module")
+def template(package):
+    return json.loads((package / "sam.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_packaged_template_lints(package):
+    lint = subprocess.run([str(BIN / "cfn-lint"), str(package / "sam.json")], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.slow
+def test_functions_are_python313_named_traced_and_wired(template):
+    resources = template["Resources"]
+    functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
+    assert set(functions) == set(FUNCTIONS)
+    for logical, name in FUNCTIONS.items():
+        props = functions[logical]["Properties"]
+        assert props["Runtime"] == "python3.13" and props["Tracing"] == "Active"
+        assert props["FunctionName"] == {"Fn::Sub": f"vif-gatekeeper-${{Stage}}-{name}"}
+        group = resources[f"{'ApiHandler' if logical == 'APIHandler' else logical}LogGroup"]["Properties"]
+        assert group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/vif-gatekeeper-${{Stage}}-{name}"}
+        assert group["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert props["Environment"]["Variables"]["VIFGATE_CONFIG"] == "appconfig:vif-gatekeeper-prod/prod/policy"
     assert functions["Poll"]["Properties"]["Events"]["PollEvent"]["Properties"]["Schedule"] == "rate(1 minute)"
-    assert {"LedgerTable", "EventsQueue", "EventsDeadLetterQueue"} <= set(template["Resources"])
     # Partial batch failures only count when the event source mapping reports them.
     sqs_source = functions["Notify"]["Properties"]["Events"]["NotifySqsEventSource"]["Properties"]
     assert sqs_source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert "vifgate-prod-events.fifo" in json.dumps(sqs_source["Queue"])
     assert functions["Notify"]["Properties"]["Timeout"] * 6 <= int(
-        template["Resources"]["EventsQueue"]["Properties"]["VisibilityTimeout"]
+        resources["EventsQueue"]["Properties"]["VisibilityTimeout"]
     )
-    lint = subprocess.run([str(BIN / "cfn-lint"), str(out / "sam.json")], cwd=ROOT, capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.slow
+def test_each_role_holds_its_policy_file_verbatim_and_no_star_beyond_describe_and_xray(template):
+    resources = template["Resources"]
+    for logical, name in FUNCTIONS.items():
+        assert resources[logical]["Properties"]["Role"] == {"Fn::GetAtt": [ROLES[logical], "Arn"]}
+        documents = [p["PolicyDocument"] for p in resources[ROLES[logical]]["Properties"]["Policies"]]
+        short = "api" if name == "api_handler" else name
+        assert documents == [json.loads((ROOT / f".chalice/policy-{short}-prod.json").read_text())], logical
+        if name != "poll":
+            assert "directconnect:" not in json.dumps(documents) and "sts:" not in json.dumps(documents)
+    for logical, resource in resources.items():
+        if resource["Type"] != "AWS::IAM::Role":
+            continue
+        for policy in resource["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert not [a for a in actions if "*" in a], logical
+                if "*" in json.dumps(statement["Resource"]):
+                    star = (
+                        [r for r in statement["Resource"] if r == "*"]
+                        if isinstance(statement["Resource"], list)
+                        else []
+                    )
+                    if star or statement["Resource"] == "*":
+                        assert set(actions) <= STAR_ACTIONS, (logical, actions)
+
+
+@pytest.mark.slow
+def test_appconfig_validator_is_the_committed_schema_and_alarms_exist(template):
+    resources = template["Resources"]
+    (validator,) = resources["PolicyProfile"]["Properties"]["Validators"]
+    assert validator["Type"] == "JSON_SCHEMA"
+    assert json.loads(validator["Content"]) == json.loads((ROOT / "infra/config-schema.json").read_text())
+    alarms = {k for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    assert alarms == {
+        "DeadLetterQueueNotEmptyAlarm",
+        "PollErrorsAlarm",
+        "TargetFailingAlarm",
+        "NoSuccessfulCycleAlarm",
+        "VifNearDeadlineUndecidedAlarm",
+    }
+    assert resources["NoSuccessfulCycleAlarm"]["Properties"]["TreatMissingData"] == "breaching"
+    (monitor,) = resources["PolicyEnvironment"]["Properties"]["Monitors"]
+    assert monitor["AlarmArn"] == {"Fn::GetAtt": ["PollErrorsAlarm", "Arn"]}
+    assert {"PollRoleArn", "ApiUrl", "AppConfigApplicationId", "AppConfigEnvironmentId"} <= set(template["Outputs"])
+
+
+CLEAN_IMPORT = """
+import importlib, json, sys
+sys.path[:0] = sys.argv[1:3]
+handlers = json.loads(sys.argv[3])
+for handler in handlers:
+    module, name = handler.rsplit(".", 1)
+    assert callable(getattr(importlib.import_module(module), name)), handler
+for module in ("chalicelib.notify", "chalicelib.approvals.web", "chalicelib.reconcile", "chalicelib.configstore"):
+    importlib.import_module(module)
+print(json.dumps(sorted(m.split(".")[0] for m in sys.modules if m.split(".")[0] in ("app", "chalicelib", "boto3"))))
+print(json.dumps([getattr(sys.modules[m], "__file__", "") for m in ("app", "boto3")]))
+"""
+
+
+@pytest.fixture(scope="module")
+def lambda_runtime_boto3(tmp_path_factory):
+    """boto3 and botocore alone, from the package registry: what the Lambda runtime provides besides the zip."""
+    target = tmp_path_factory.mktemp("runtime")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(target), "boto3"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return target
+
+
+@pytest.mark.slow
+def test_every_handler_imports_from_the_unzipped_package_alone(package, template, lambda_runtime_boto3, tmp_path):
+    code = tmp_path / "task"
+    with zipfile.ZipFile(package / "deployment.zip") as archive:
+        archive.extractall(code)
+    handlers = [template["Resources"][f]["Properties"]["Handler"] for f in FUNCTIONS]
+    assert sorted(handlers) == ["app.app", "app.notify_chat", "app.poll"]
+    stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]["environment_variables"]
+    env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-west-1", **stage_env}
+    # -I -S: no user site, no site-packages, no PYTHONPATH; the dev venv is nowhere on sys.path.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", CLEAN_IMPORT, str(code), str(lambda_runtime_boto3), json.dumps(handlers)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = json.loads(result.stdout.splitlines()[-1])
+    assert files[0].startswith(str(code)) and files[1].startswith(str(lambda_runtime_boto3)), files
