@@ -345,11 +345,17 @@ def needed(service: str, operation: str, params: dict, region: str) -> list[tupl
             ]
         if operation == "TransactGetItems":
             return [("dynamodb:GetItem", f"{prefix}:table/{i['Get']['TableName']}") for i in params["TransactItems"]]
+        if operation == "BatchWriteItem":
+            return [("dynamodb:BatchWriteItem", f"{prefix}:table/{table}") for table in params["RequestItems"]]
         return [(f"dynamodb:{operation}", f"{prefix}:table/{params['TableName']}")]
     if service == "ssm":
         return [(f"ssm:{operation}", f"{prefix}:parameter{params['Name']}")]
     if service == "secretsmanager":
         return [(f"secretsmanager:{operation}", f"{prefix}:secret:{params['SecretId']}-AbCdEf")]
+    if service == "sqs":
+        queue = params["QueueName"] if operation == "GetQueueUrl" else params["QueueUrl"].rsplit("/", 1)[1]
+        action = "SendMessage" if operation == "SendMessageBatch" else operation  # IAM has no batch action
+        return [(f"sqs:{action}", f"{prefix}:{queue}")]
     if service == "lambda" and operation == "Invoke":
         return [("lambda:InvokeFunction", f"{prefix}:function:{params['FunctionName']}")]
     return [(f"{service}:{operation}", "*")]
@@ -444,3 +450,44 @@ def test_every_call_the_api_function_makes_is_granted_by_its_policy(prod_world, 
         if not allowed(document, action, resource)
     ]
     assert not refused, f"the API function calls what {policy_file('prod', 'api_handler')} does not grant: {refused}"
+
+
+def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, directlink, monkeypatch):
+    """A poll cycle of the prod stage, targets' keys under vifgate/prod/targets/; DirectLink calls use those keys."""
+    from app import app
+    from sandbox.local import create_queues
+
+    stage = "prod"
+    sm = boto3.client("secretsmanager")
+    create_table(boto3.client("dynamodb"), f"vifgate-{stage}-ledger")
+    create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
+    config = approvals_config(stage)
+    for target in ("osc-prod", "osc-staging", "osc-lab"):
+        value = sm.get_secret_value(SecretId=scenario.secret_id(target))["SecretString"]
+        sm.create_secret(Name=f"vifgate/{stage}/targets/{target}", SecretString=value)
+        config = config.replace(scenario.secret_id(target), f"vifgate/{stage}/targets/{target}")
+    boto3.client("ssm").put_parameter(
+        Name=f"/vifgate/{stage}/config", Value=config, Type="SecureString", Overwrite=True
+    )
+    recorder = CallRecorder()
+    recorder.install(monkeypatch)
+    recorder.recording = True
+    with Client(app, stage_name=stage) as client:
+        event = client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
+        answer = client.lambda_.invoke("poll", event)
+    recorder.recording = False
+    assert answer.payload and not answer.payload.get("errorMessage"), answer.payload
+    services = {service for service, _, _ in recorder.calls}
+    assert {"dynamodb", "sqs", "secretsmanager", "ssm"} <= services, services
+    region = boto3.session.Session().region_name
+    document = resolve(policy(policy_file(stage, "poll")), stage, region)
+    refused = [
+        (action, resource)
+        for service, operation, params in recorder.calls
+        if service not in ("directconnect", "sts")  # signed with the target's keys, not the function's role
+        for action, resource in needed(service, operation, params, region)
+        if not allowed(document, action, resource)
+    ]
+    assert not refused, f"the poll function calls what {policy_file(stage, 'poll')} does not grant: {refused}"
