@@ -53,7 +53,6 @@ ACTIONS = {
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
         "dynamodb:BatchWriteItem",
-        "dynamodb:ConditionCheckItem",
         "secretsmanager:GetSecretValue",
         "sqs:GetQueueUrl",
         "sqs:SendMessage",
