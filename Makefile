@@ -116,6 +116,7 @@ package: $(STAMP)
 	@# Chalice only warns when a wheel is missing; the function would then fail at import in Lambda.
 	@if grep -q "Could not install dependencies" $(BUILD).log; then \
 	  echo "error: chalice could not install every dependency for Lambda (see $(BUILD).log)" >&2; exit 1; fi
+	$(PY) infra/slim_package.py $(BUILD)/deployment.zip
 	$(VENV)/bin/cfn-lint $(BUILD)/sam.json
 	@echo "deployment.zip: $$(stat -c %s $(BUILD)/deployment.zip) bytes"
 

@@ -97,9 +97,23 @@ def package(tmp_path_factory):
     assert result.returncode == 0, printed
     # Chalice only warns when a wheel is missing, and the function would fail at import in Lambda.
     assert "Could not install dependencies" not in printed, printed
+    slimmed = subprocess.run(
+        [sys.executable, "infra/slim_package.py", str(out / "deployment.zip")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert slimmed.returncode == 0, slimmed.stderr
     size = (out / "deployment.zip").stat().st_size
     print(f"deployment.zip: {size} bytes ({size / 1e6:.2f} MB)")
     return out
+
+
+@pytest.mark.slow
+def test_the_zip_leaves_out_what_the_lambda_runtime_provides(package):
+    """aws-xray-sdk pulls botocore in: bundled, it would shadow the runtime's and add 16 MB."""
+    with zipfile.ZipFile(package / "deployment.zip") as zipped:
+        top = {name.split("/")[0] for name in zipped.namelist()}
+    assert not top & {"botocore", "boto3", "s3transfer", "urllib3", "dateutil", "jmespath", "six.py"}, top
+    assert {"app.py", "chalicelib", "pydantic", "aws_lambda_powertools", "aws_xray_sdk", "wrapt"} <= top
+    assert (package / "deployment.zip").stat().st_size <= 6_000_000
 
 
 @pytest.fixture(scope="module")
