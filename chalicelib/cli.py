@@ -123,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
 
     _config_commands(commands)
 
+    notify_test = commands.add_parser(
+        "notify-test",
+        help="send one sample message of every kind to one chat destination, to see the formatting",
+        description="Sends one plainly fake sample of every event kind (15) to DESTINATION, whatever its "
+        "`events` filter; nothing is written to the ledger. Exit 0 when every sample was posted, 1 when "
+        "a post failed, 2 when the destination is unknown or the config is invalid.",
+    )
+    _config_args(notify_test)
+    notify_test.add_argument("destination", help="a name from the policy's chat.destinations")
+    notify_test.set_defaults(func=_notify_test)
+
     schema = commands.add_parser("schema", help="print the JSON Schema of every event on the queue")
     schema.set_defaults(func=_schema)
 
@@ -183,6 +194,24 @@ def _config_commands(commands: Any) -> None:
         if verb == "diff":
             command.add_argument("--exit-code", action="store_true", help="exit 3 when the document differs")
         command.set_defaults(func=_config_push if verb == "push" else _config_diff)
+
+
+def _notify_test(args: argparse.Namespace) -> int:
+    from .chatops.samples import UnknownDestination, send_samples
+
+    runtime = _runtime(args)
+    try:
+        results = send_samples(runtime, args.destination)
+    except UnknownDestination as exc:
+        print(f"vifgate: {exc}", file=sys.stderr)
+        return 2
+    for result in results:
+        mark = "sent  " if result.sent else "FAILED"
+        note = "" if result.subscribed else "  (its events filter leaves this kind out of real traffic)"
+        print(f"{mark} {result.event_type}{note}" + (f": {result.error}" if result.error else ""))
+    failed = [r for r in results if not r.sent]
+    print(f"{len(results) - len(failed)} of {len(results)} samples posted to {args.destination}")
+    return 1 if failed else 0
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:

@@ -127,3 +127,25 @@ def test_without_chat_destinations_the_error_says_so(aws):
     runtime = Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=lambda: NOW)
     with pytest.raises(UnknownDestination, match=r"configured: none \(the policy has no chat.destinations\)"):
         send_samples(runtime, "netops-slack")
+
+
+def test_the_cli_sends_the_samples_and_exits_by_what_happened(destinations, receiver, capsys, tmp_path):
+    from chalicelib import cli
+
+    config = tmp_path / "policy.yaml"
+    config.write_text(
+        scenario.CONFIG
+        + "chat:\n  destinations:\n    - {name: netops-teams, kind: teams, "
+        + "url: {secret_id: vifgate/test/chat/samples, key: teams}}\n"
+    )
+    assert cli.main(["notify-test", "--config", str(config), "netops-teams"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(events.EVENT_TYPES)} of {len(events.EVENT_TYPES)} samples posted to netops-teams" in out
+    assert len(receiver.requests) == len(events.EVENT_TYPES)
+    receiver.answer(Answer(status=500))
+    assert cli.main(["notify-test", "--config", str(config), "netops-teams"]) == 1
+    assert cli.main(["notify-test", "--config", str(config), "nope"]) == 2
+    seen = "".join(capsys.readouterr())
+    assert "FAILED" in seen and "configured: netops-teams" in seen
+    for secret in SECRETS:
+        assert secret not in seen
