@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -201,14 +202,27 @@ def test_only_poll_touches_directlink_or_assumes_roles_and_only_on_exact_resourc
 def test_each_function_reads_only_its_own_secrets_and_config(stage):
     sm = f"arn:aws:secretsmanager:eu-west-1:{ACCOUNT}:secret:vifgate/{stage}/"
     ssm = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/vifgate/{stage}/"
-    own = {"poll": ["targets/*"], "notify": ["chat/*", "approvals*"], "api": ["approvals*"]}
+    # A secret's ARN is its name + "-" + 6 characters: `approvals-??????` is that one secret, not
+    # every secret whose name merely starts with "approvals" (approvals-webhooks, approvalsbackup/...).
+    own = {"poll": ["targets/*"], "notify": ["chat/*", "approvals-??????", "approvals/*"]}
+    own["api"] = ["approvals-??????", "approvals/*"]
+    own_parameters = {"poll": ["targets/*"], "notify": ["chat/*", "approvals", "approvals/*"]}
+    own_parameters["api"] = ["approvals", "approvals/*"]
     appconfig = f"arn:aws:appconfig:eu-west-1:{ACCOUNT}:application/app1234/environment/env1234/configuration/prof123"
     for function, short in FUNCTIONS.items():
         document = resolve(policy(policy_file(stage, function)), stage)
         assert resources_of(document, "secretsmanager:GetSecretValue") == [sm + p for p in own[short]], function
         assert sorted(resources_of(document, "ssm:GetParameter")) == sorted(
-            [ssm + "config"] + [ssm + p for p in own[short]]
+            [ssm + "config"] + [ssm + p for p in own_parameters[short]]
         )
+        granted = resources_of(document, "secretsmanager:GetSecretValue")
+        for name, readable in (
+            ("approvals-AbC123", short != "poll"),
+            ("approvals/slack-Xy9876", short != "poll"),
+            ("approvals-webhooks-AbC123", False),
+            ("approvalsbackup/osc-prod-AbC123", False),
+        ):
+            assert any(fnmatchcase(sm + name, arn) for arn in granted) is readable, (function, name)
         for action in ("appconfig:StartConfigurationSession", "appconfig:GetLatestConfiguration"):
             assert resources_of(document, action) == [appconfig], (function, action)
 
