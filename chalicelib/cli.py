@@ -945,12 +945,12 @@ def _find_request(runtime: Runtime, ref: str) -> tuple[ApprovalRequest, VifRecor
     found = ledger.approval_for_vif(ref)
     if found is not None:
         return found
-    named = [
-        record
-        for target in runtime.policy.targets
-        for record in ledger.load(target.name).vifs.values()
-        if record.vif_id == ref or record.snapshot.get("virtualInterfaceName") == ref
-    ]
+    known = [record for target in runtime.policy.targets for record in ledger.load(target.name).vifs.values()]
+    # An id is never looked up as a name: names are the partner's choice, and a VIF named after
+    # another VIF's id must not receive the vote typed for that id.
+    named = [record for record in known if record.vif_id == ref]
+    if not named and not ref.startswith("dxvif-"):
+        named = [record for record in known if record.snapshot.get("virtualInterfaceName") == ref]
     if not named:
         raise Refused(404, f"no VIF {_printable(ref)!r} in the ledger: give its id or name as `vifgate status` shows")
     asked = [r for r in named if r.approval is not None]
