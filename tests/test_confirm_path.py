@@ -21,6 +21,7 @@ from chalicelib.ledger import CLAIM_TTL, Ledger, iso
 from chalicelib.runtime import Runtime, Settings
 from sandbox import scenario
 from tests.conftest import TABLE, confirm_calls
+from tests.test_target_spells import failed_event
 
 
 class Killed(BaseException):
@@ -286,7 +287,7 @@ def test_a_spell_started_by_an_overlapping_poller_is_not_ended_silently(aws, dir
     def load_then_another_poller_fails_it(self, target):
         known = load(self, target)
         if target == "osc-lab":
-            self.mark_failing(target, other_spell, lambda: _failed_event(target, other_spell))
+            self.mark_failing(target, other_spell, lambda: failed_event(target, other_spell))
         return known
 
     monkeypatch.setattr(Ledger, "load", load_then_another_poller_fails_it)
@@ -295,21 +296,6 @@ def test_a_spell_started_by_an_overlapping_poller_is_not_ended_silently(aws, dir
     recovered = of_type(report, "target.recovered")
     assert [(e.subject, e.data.failed_since) for e in recovered] == [("osc-lab", other_spell)]
     assert records("osc-lab").failing_since is None
-
-
-def _failed_event(target: str, at):
-    from chalicelib import events
-
-    return events.build(
-        "target.failed",
-        target=target,
-        subject=target,
-        time=at,
-        facts=(iso(at),),
-        region="eu-west-2",
-        code="Throttling",
-        message="throttled",
-    )
 
 
 # --- broken pages and reappearance --------------------------------------------------------------
@@ -474,7 +460,7 @@ def test_without_an_events_queue_ending_a_spell_writes_no_event(aws, directlink)
     """The ledger still records the spell's end; no event is built where no queue will send it."""
     ledger = Ledger(boto3.client("dynamodb"), TABLE)
     since = directlink.clock.now() - timedelta(minutes=5)
-    ledger.mark_failing("osc-lab", since, lambda: _failed_event("osc-lab", since))
+    ledger.mark_failing("osc-lab", since, lambda: failed_event("osc-lab", since))
     ledger.delete_events([item.sort_key for item in ledger.pending_events()])
     settings = Settings(config_source="test", table_name=TABLE, max_workers=1)  # no events queue
     report = reconcile.run_cycle(Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock))
