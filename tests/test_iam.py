@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode
 
 import boto3
 import botocore.client
+import chalice.test
 import pytest
 import yaml
 from chalice.test import Client
@@ -30,6 +31,7 @@ from slack_sdk.signature import SignatureVerifier
 from chalicelib.approvals import tokens
 from chalicelib.ledger import Ledger, create_table
 from sandbox import scenario
+from tests.test_app import StageTimeoutContext
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE = ROOT / ".chalice"
@@ -389,6 +391,8 @@ def prod_world(aws, directlink, monkeypatch):
     from app import app
     from sandbox.local import create_queues
 
+    # chalice.test gives 3 s: the cycle's budget would be ~1 s, and a loaded machine times a target out.
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
     stage = "prod"
     create_table(boto3.client("dynamodb"), f"vifgate-{stage}-ledger")
     create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
@@ -482,6 +486,7 @@ def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, di
     boto3.client("ssm").put_parameter(
         Name=f"/vifgate/{stage}/config", Value=config, Type="SecureString", Overwrite=True
     )
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
     recorder = CallRecorder()
     recorder.install(monkeypatch)
     recorder.recording = True
