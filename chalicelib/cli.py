@@ -505,53 +505,54 @@ def _print_diff(source: str, file: str, found: str, changes: Any) -> None:
     print(changes.summary())
 
 
-def _config_diff(args: argparse.Namespace) -> int:
-    """`vifgate config diff --stage S FILE`: what would change against what the stage runs now."""
+def _compare(args: argparse.Namespace, *, secrets: bool) -> tuple[Any, Policy | None, Policy, str, Any]:
+    """Validate FILE for the stage, read what the stage runs now and print the difference."""
     from .configdiff import diff
-    from .configstore import StoreError, parse_source, store_for
+    from .configstore import parse_source, store_for
 
-    try:
-        source, policy, _text = _validated(args, secrets=False)
-        store = store_for(parse_source(source), strategy=f"vif-gatekeeper-{args.stage}")
-        old, found = _deployed_policy(store)
-    except _Refused as exc:
-        print("vifgate: " + "\n".join(exc.lines), file=sys.stderr)
-        return exc.code
-    except ConfigError as exc:
-        print(f"vifgate: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except StoreError as exc:
-        print(f"vifgate: {exc}", file=sys.stderr)
-        return EXIT_TARGET_FAILED
+    source, policy, text = _validated(args, secrets=secrets)
+    store = store_for(parse_source(source), strategy=f"vif-gatekeeper-{args.stage}")
+    old, found = _deployed_policy(store)
     changes = diff(old, policy)
     _print_diff(source, args.file, found, changes)
+    return store, old, policy, text, changes
+
+
+def _config_failed(exc: Exception, after: str = "") -> int:
+    """Say why `config diff/push` stopped; `after` follows a problem with the document, not with the store."""
+    if isinstance(exc, _Refused):
+        print("vifgate: " + "\n".join(exc.lines) + after, file=sys.stderr)
+        return exc.code
+    if isinstance(exc, ConfigError):
+        print(f"vifgate: {exc}{after}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    print(f"vifgate: {exc}", file=sys.stderr)  # the store could not be read or written
+    return EXIT_TARGET_FAILED
+
+
+def _config_diff(args: argparse.Namespace) -> int:
+    """`vifgate config diff --stage S FILE`: what would change against what the stage runs now."""
+    from .configstore import StoreError
+
+    try:
+        *_, changes = _compare(args, secrets=False)
+    except (_Refused, ConfigError, StoreError) as exc:
+        return _config_failed(exc)
     return EXIT_CHANGES if args.exit_code and changes.changes else EXIT_OK
 
 
 def _config_push(args: argparse.Namespace) -> int:
     """`vifgate config push --stage S FILE`: validate fully, show the diff, publish; nothing uploaded on any problem."""
-    from .configdiff import diff
-    from .configstore import StoreError, parse_source, store_for
+    from .configstore import StoreError
 
     try:
-        source, policy, text = _validated(args, secrets=True)
-        store = store_for(parse_source(source), strategy=f"vif-gatekeeper-{args.stage}")
-        old, found = _deployed_policy(store)
-        changes = diff(old, policy)
-        _print_diff(source, args.file, found, changes)
+        store, old, policy, text, _changes = _compare(args, secrets=True)
         if old is not None and old == policy:
             print("nothing to publish: the deployed document already says this")
             return EXIT_OK
         published = store.publish(text)
-    except _Refused as exc:
-        print("vifgate: " + "\n".join(exc.lines) + "\nNothing was uploaded.", file=sys.stderr)
-        return exc.code
-    except ConfigError as exc:
-        print(f"vifgate: {exc}\nNothing was uploaded.", file=sys.stderr)
-        return EXIT_BAD_CONFIG
-    except StoreError as exc:
-        print(f"vifgate: {exc}", file=sys.stderr)
-        return EXIT_TARGET_FAILED
+    except (_Refused, ConfigError, StoreError) as exc:
+        return _config_failed(exc, after="\nNothing was uploaded.")
     print(published.summary())
     return EXIT_OK
 
