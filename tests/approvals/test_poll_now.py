@@ -15,15 +15,9 @@ from chalicelib.config import parse_policy
 from chalicelib.ledger import create_table
 from sandbox import scenario
 from sandbox.local import create_queues
+from tests.test_app import StageTimeoutContext
 
 POLICY = parse_policy(scenario.CONFIG)
-
-
-class StageTimeoutContext(chalice.local.LambdaContext):
-    """chalice.test gives every invocation 3 s; a deployed poll function has its stage's 120 s."""
-
-    def __init__(self, function_name: str, memory_size: int, **_: object):
-        super().__init__(function_name, memory_size, max_runtime_ms=120_000)
 
 
 @pytest.fixture
