@@ -10,7 +10,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..approvals.model import ApprovalRequest
-from .base import LedgerBase, _de, _plain, _refused_item, _ser, iso, parse_iso
+from .base import LedgerBase, _refused_item, _ser, iso, parse_iso, plain_value
 
 EXPIRY = timedelta(days=7)
 CLAIM_TTL = timedelta(minutes=5)
@@ -49,7 +49,7 @@ class VifRecord:
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> VifRecord:
         names = {f.name for f in fields(cls)} - set(_NOT_SAVED[2:])
-        values = {k: _plain(_de.deserialize(v)) for k, v in item.items() if k in names}
+        values = {k: plain_value(v) for k, v in item.items() if k in names}
         return cls(**values, claim=Claim.from_item(item), approval=approval_from_item(item))
 
 
@@ -59,7 +59,7 @@ def approval_from_item(item: dict[str, Any]) -> ApprovalRequest | None:
     if not stored or "M" not in stored:
         return None
     version = int(item.get("approval_version", {}).get("N", "0"))
-    return ApprovalRequest.from_item(_plain(_de.deserialize(stored)), version)
+    return ApprovalRequest.from_item(plain_value(stored), version)
 
 
 @dataclass(frozen=True)
