@@ -37,6 +37,11 @@ _DECIDED = {"ask": "ask", "ignore": "ignored", "none": "none"}
 NEAR_DEADLINE = timedelta(hours=24)
 # Not awaiting anyone: carried out this cycle, left alone by the policy (ignore), or not ours to confirm.
 _NOT_AWAITED = ("confirmed", "rejected", "ignored", "none")
+# Outcomes that change nothing by themselves (a pending request stays "ask" every cycle): a VIF with
+# one of them, no change and no event gets no log line of its own.
+_QUIET = ("none", "ignored", "ask")
+# How old the target item's last_polled_at may get before an idle cycle writes it again (see _mark_due).
+HEARTBEAT = timedelta(minutes=10)
 
 
 class Mode(Enum):
@@ -401,12 +406,16 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
         transitions.stuck_pending(sighting, vif, now, policy)
         if action != "unknown":  # an unknown outcome keeps what the ledger said
             entry.last_decision = action
+        # Worth a line of its own: changed, acted on or asked anew (an unchanged VIF is counted in the target's line).
+        noteworthy = sighting.changed or opened is not None or action not in _QUIET
         if run.mode.records and (sighting.changed or opened is not None):
             run.save(entry, sighting, approval=opened)
         how = _settled_how(entry, decision, action)
         run.change_approval(sighting, transitions.approval_followup(sighting, vif, run.now(), how))
         produced += sighting.emitted
         outcomes.append(_outcome(target.name, vif, entry, shown, action, reason))
+        if not (noteworthy or sighting.emitted):
+            continue
         logger.info(
             "vif decided",
             extra={
@@ -429,11 +438,28 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
                 run.save(sighting.entry, sighting)
                 run.change_approval(sighting, transitions.approval_followup(sighting, None, run.now()))
                 produced += sighting.emitted
-        run.in_time("marking the target polled")
-        since = iso(known.failing_since) if known.failing_since else None
-        recovered = _recovered(run) if run.publishing else None  # no queue: the spell ends without an event
-        produced += runtime.ledger.mark_polled(target.name, run.now(), since, recovered)
+        if _mark_due(known, run.now()):
+            run.in_time("marking the target polled")
+            since = iso(known.failing_since) if known.failing_since else None
+            recovered = _recovered(run) if run.publishing else None  # no queue: the spell ends without an event
+            produced += runtime.ledger.mark_polled(target.name, run.now(), since, recovered)
+    logger.info("target polled", extra={"target": target.name, "vifs": len(vifs), "actions": _counts(outcomes)})
     return outcomes, produced
+
+
+def _counts(outcomes: list[Outcome]) -> dict[str, int]:
+    return dict(Counter(o.action for o in outcomes))
+
+
+def _mark_due(known: TargetRecords, now: datetime) -> bool:
+    """Write the target's item only to end a failing spell, or as a heartbeat: an idle cycle writes nothing.
+
+    `last_polled_at` only bounds a new VIF's creation time (deadline certainty, CERTAINTY_WINDOW = 15
+    min): a value up to HEARTBEAT old keeps that bound true, at a tenth of the writes of a 1-minute schedule.
+    """
+    if known.failing_since is not None or known.failed_cycles or known.last_polled_at is None:
+        return True
+    return now - known.last_polled_at >= HEARTBEAT
 
 
 def _recovered(run: TargetRun) -> Callable[[str], Any]:
