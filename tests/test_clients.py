@@ -16,6 +16,7 @@ from chalicelib import directlink
 from chalicelib.config import Target
 from chalicelib.directlink import REFRESH_MARGIN_SECONDS, DirectLinkClients, TargetError
 from chalicelib.log import logger
+from chalicelib.runtime import Runtime, Settings
 
 MINUTE = 60
 
@@ -294,3 +295,12 @@ def test_keys_never_reach_logs_or_error_texts(aws, later, capsys, caplog):
     assert "t0" in said, "the refreshes were logged (by target)"
     for secret in [*keys(0, 0), *keys(0, 1)]:
         assert secret not in said
+
+
+@pytest.mark.parametrize("workers, pool", [(1, 10), (8, 10), (16, 16), (64, 64)])
+def test_the_ledger_client_has_a_connection_per_worker(workers, pool, monkeypatch):
+    """Fewer pooled connections than worker threads: urllib3 opens and drops connections every cycle."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    runtime = Runtime(Settings(config_source="test", max_workers=workers), session=boto3.Session())
+    assert runtime.ledger.client.meta.config.max_pool_connections == pool
+    assert runtime.ledger.client.meta.config.retries["mode"] == "standard", "the shared client settings are kept"
