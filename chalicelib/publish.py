@@ -110,47 +110,49 @@ def sqs_safe(body: str) -> str:
 def flush(
     ledger: Ledger, sqs, queue_url: str, limit: int = 1000, out_of_time: Callable[[], bool] | None = None
 ) -> FlushReport:
-    """Send what the outbox holds, oldest first; a VIF whose event fails waits for the next cycle.
+    """Send what the outbox holds, oldest first, until it is empty or time is out; a VIF whose event fails waits.
 
-    `limit` bounds the events sent per flush; parked events and those held behind them are
-    counted but not sent. `out_of_time()` is asked before each batch: once true, the rest waits.
-    The report's `pending` is the whole backlog: counted from what was read when the outbox
-    fitted in one flush, else by one extra Query that reads only the parked marks.
+    The outbox is read `limit` sendable events at a time (what is held in memory at once), and read
+    on while `out_of_time()` (asked before each batch) is false. Parked events and those held behind
+    them are counted but not sent. The report's `pending` is the whole backlog left: counted from
+    what was read, plus, when time ran out first, the rest of the outbox (its parked marks only).
     """
     report = FlushReport()
-    sendable: list[_Message] = []
     blocked: set[str] = set()  # groups with a parked or failed event: sending their later ones would break order
-    read, complete = 0, True
-    for item in ledger.iter_events():
-        if len(sendable) == limit:
-            complete = False
+    scan = ledger.iter_events()
+    read = deleted = 0
+    unreachable = False
+    while True:
+        sendable: list[_Message] = []
+        for item in scan:
+            read += 1
+            if item.parked_reason:
+                report.parked += 1
+                blocked.add(item.group)
+            elif item.group not in blocked:
+                sendable.append(_Message.of(item))
+                if len(sendable) == limit:
+                    break
+        if not sendable:  # the outbox is read to its end
             break
-        read += 1
-        if item.parked_reason:
-            report.parked += 1
-            blocked.add(item.group)
-        elif item.group not in blocked:
-            sendable.append(_Message.of(item))
-
-    deleted = 0
-    waiting = sendable
-    while waiting and not (out_of_time and out_of_time()):
-        batch, later = next_batch(waiting)
-        result = _deliver(sqs, queue_url, batch)
-        deleted += ledger.delete_events([m.item.sort_key for m in result.accepted])
-        report.sent += len(result.accepted)
-        report.failed += len(result.refused) + len(result.untried)
-        for refusal in result.refused:
-            report.parked += _refused(ledger, refusal)
-        if result.untried:  # the queue is unreachable: everything waits for the next cycle
+        waiting = sendable
+        while waiting and not unreachable and not (out_of_time and out_of_time()):
+            batch, later = next_batch(waiting)
+            result = _deliver(sqs, queue_url, batch)
+            deleted += ledger.delete_events([m.item.sort_key for m in result.accepted])
+            report.sent += len(result.accepted)
+            report.failed += len(result.refused) + len(result.untried)
+            for refusal in result.refused:
+                report.parked += _refused(ledger, refusal)
+            unreachable = bool(result.untried)  # the queue is unreachable: everything waits for the next cycle
+            blocked |= {r.message.item.group for r in result.refused}
+            waiting = [m for m in later if m.item.group not in blocked]
+        if waiting or unreachable:  # stopped early: what was not read yet is counted, not sent
+            rest, rest_parked = scan.rest_counts()
+            read += rest
+            report.parked += rest_parked
             break
-        blocked |= {r.message.item.group for r in result.refused}
-        waiting = [m for m in later if m.item.group not in blocked]
-
-    if complete:
-        report.pending = read - deleted
-    else:
-        report.pending, report.parked = ledger.outbox_counts()
+    report.pending = read - deleted
     return report
 
 

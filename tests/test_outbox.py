@@ -287,8 +287,80 @@ def test_pending_is_the_whole_backlog(ledger, queue):
     down = RefusingSqs(boto3.client("sqs"), set())
     down.down = True
     assert flush(ledger, down, queue, limit=5).pending == 12
-    report = flush(ledger, boto3.client("sqs"), queue, limit=5)
-    assert (report.sent, report.pending) == (5, 7)
+
+
+def put_many(ledger: Ledger, n: int, vifs: int) -> list[str]:
+    """`n` events over `vifs` VIFs (round robin, so each VIF's events are spread through the outbox); their ids."""
+    ids, requests = [], []
+    for i in range(n):
+        vif = f"dxvif-{i % vifs:08x}"
+        event = events.build(
+            "vif.discovered",
+            target="osc-prod",
+            subject=vif,
+            time=datetime.now(UTC),
+            facts=(i,),
+            account="111122223333",
+            region=REGION,
+            vif={"virtualInterfaceId": vif},
+            state="confirming",
+        )
+        ids.append(event.id)
+        requests.append({"PutRequest": {"Item": _outbox_item(event)}})
+    for start in range(0, len(requests), 25):
+        ledger.client.batch_write_item(RequestItems={TABLE: requests[start : start + 25]})
+    return ids
+
+
+class AcceptingSqs:
+    """SQS that takes every entry and remembers it (moto's FIFO queue slows down quadratically with its depth)."""
+
+    def __init__(self):
+        self.by_group: dict[str, list[str]] = {}
+
+    def send_message_batch(self, QueueUrl, Entries):
+        assert len(Entries) <= BATCH
+        for e in Entries:
+            self.by_group.setdefault(e["MessageGroupId"], []).append(e["MessageDeduplicationId"])
+        return {"Successful": [{"Id": e["Id"]} for e in Entries], "Failed": []}
+
+
+def test_a_flush_drains_more_than_a_thousand_events_while_time_remains(ledger):
+    """Before: 1,000 events per cycle, the rest left for the next cycles (an onboarding left 12,348 waiting)."""
+    ids = put_many(ledger, 2_345, vifs=400)
+    sqs = AcceptingSqs()
+    report = flush(ledger, sqs, "queue-url")
+    assert (report.sent, report.failed, report.pending, report.parked) == (2_345, 0, 0, 0)
+    assert ledger.pending_events(limit=10_000) == []
+    assert sum(map(len, sqs.by_group.values())) == 2_345
+    order = {event_id: n for n, event_id in enumerate(ids)}
+    assert all(got == sorted(got, key=order.__getitem__) for got in sqs.by_group.values()), "each VIF in order"
+
+
+def test_a_flush_out_of_time_past_the_first_thousand_reports_exactly_what_remains(ledger):
+    """pending is counted, not capped or guessed: parked events, those behind them and the unread rest."""
+    put_many(ledger, 2_345, vifs=400)
+    head = ledger.pending_events(limit=1)[0]
+    ledger.refuse_event(head, "InvalidMessageContents", parked_reason="test: parked")  # its VIF's later ones wait
+    batches = []
+    report = flush(ledger, AcceptingSqs(), "queue-url", out_of_time=lambda: batches.append(1) or len(batches) > 150)
+    left = ledger.pending_events(limit=10_000)
+    assert report.sent == 1_500, "150 batches of 10 went before time ran out, past the first 1,000 read"
+    assert report.pending == len(left) == 2_345 - 1_500
+    assert report.parked == sum(1 for i in left if i.parked_reason) == 1
+
+
+def test_a_small_page_size_still_drains_all_and_keeps_each_vifs_order_behind_a_refusal(ledger, queue):
+    """`limit` only bounds what is held in memory at once: a refused event still holds back its VIF's later ones."""
+    ids = put_many(ledger, 40, vifs=4)
+    refused = "dxvif-00000001"
+    report = flush(ledger, RefusingSqs(boto3.client("sqs"), {refused}), queue, limit=3)
+    assert (report.sent, report.failed, report.pending) == (30, 1, 10)
+    assert {i.group for i in ledger.pending_events()} == {refused}
+    order = {event_id: n for n, event_id in enumerate(ids)}
+    by_vif = arrived(queue)
+    assert set(by_vif) == {"dxvif-00000000", "dxvif-00000002", "dxvif-00000003"}
+    assert all(got == sorted(got, key=order.__getitem__) and len(got) == 10 for got in by_vif.values())
 
 
 def test_a_flush_out_of_time_stops_between_batches_and_counts_the_rest(ledger, queue):

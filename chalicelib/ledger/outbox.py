@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,32 +52,54 @@ class OutboxItem:
         return datetime.fromtimestamp(int(head) / 1e9, UTC) if head.isdigit() else None
 
 
+class OutboxScan(Iterator[OutboxItem]):
+    """The outbox read oldest first, one Query page at a time, that can count what it has not yielded yet."""
+
+    def __init__(self, client: Any, params: dict[str, Any]):
+        self._client, self._params = client, params
+        self._page: deque[dict[str, Any]] = deque()
+        self._more = True  # another page may follow
+
+    def __next__(self) -> OutboxItem:
+        while not self._page:
+            if not self._more:
+                raise StopIteration
+            self._read(self._params)
+        return OutboxItem.from_item(self._page.popleft())
+
+    def _read(self, params: dict[str, Any]) -> dict[str, Any]:
+        page = self._client.query(**params)
+        self._page.extend(page["Items"])
+        self._more = "LastEvaluatedKey" in page
+        if self._more:
+            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return page
+
+    def rest_counts(self) -> tuple[int, int]:
+        """(events, of which parked) not yielded yet: the page in hand, then the later pages' parked marks only."""
+        total, parked = len(self._page), sum("parked_reason" in i for i in self._page)
+        self._page.clear()
+        counting = dict(self._params, ProjectionExpression="parked_reason")
+        while self._more:
+            self._read(counting)
+            total += len(self._page)
+            parked += sum("parked_reason" in i for i in self._page)
+            self._page.clear()
+        return total, parked
+
+
 class Outbox(LedgerBase):
     def pending_events(self, limit: int = 1000) -> list[OutboxItem]:
         """Events not yet accepted by SQS (parked ones included), oldest first."""
         return list(itertools.islice(self.iter_events(), limit))
 
-    def iter_events(self) -> Iterator[OutboxItem]:
+    def iter_events(self) -> OutboxScan:
         """Every event the outbox holds, oldest first; the next Query page is read only when wanted."""
-        params = self._outbox_query()
-        while True:
-            page = self.client.query(**params)
-            yield from (OutboxItem.from_item(i) for i in page["Items"])
-            if "LastEvaluatedKey" not in page:
-                return
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return OutboxScan(self.client, self._outbox_query())
 
     def outbox_counts(self) -> tuple[int, int]:
         """(events, of which parked) in the outbox; reads only the parked mark of each item."""
-        params = self._outbox_query(ProjectionExpression="parked_reason")
-        total = parked = 0
-        while True:
-            page = self.client.query(**params)
-            total += page["Count"]
-            parked += sum("parked_reason" in i for i in page["Items"])
-            if "LastEvaluatedKey" not in page:
-                return total, parked
-            params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return OutboxScan(self.client, self._outbox_query()).rest_counts()
 
     def _outbox_query(self, **extra: Any) -> dict[str, Any]:
         return {
