@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
@@ -21,7 +22,9 @@ SOURCE_PREFIX = "/vif-gatekeeper"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Validators are built on a model's first use, not at import: an idle poll cycle builds no event,
+    # and the poll function's cold start skips the ~30 models (see bench/coldstart.py).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
 
 class VifData(_Model):
@@ -194,12 +197,36 @@ def _envelope(type_name: str, data_type: type[_Model]) -> type[_Envelope]:
     )
 
 
-ENVELOPES: dict[str, type[_Envelope]] = {name: _envelope(name, data) for name, data in DATA_TYPES.items()}
-if TYPE_CHECKING:  # the union is built from DATA_TYPES at import; to a type checker it is an envelope
+@cache
+def envelopes() -> dict[str, type[_Envelope]]:
+    """One envelope model per event type, made on first need."""
+    return {name: _envelope(name, data) for name, data in DATA_TYPES.items()}
+
+
+@cache
+def _union() -> Any:
+    """Every envelope, discriminated on `type`."""
+    return Annotated[Union[tuple(envelopes().values())], Field(discriminator="type")]  # noqa: UP007
+
+
+@cache
+def _adapter() -> TypeAdapter:
+    """Parses any event and gives the JSON Schema of them all."""
+    return TypeAdapter(_union())
+
+
+if TYPE_CHECKING:  # the union is built from DATA_TYPES on first need; to a type checker it is an envelope
     type CloudEvent = _Envelope
-else:
-    CloudEvent = Annotated[Union[tuple(ENVELOPES.values())], Field(discriminator="type")]  # noqa: UP007
-_ADAPTER: TypeAdapter = TypeAdapter(CloudEvent)
+    ENVELOPES: dict[str, type[_Envelope]]
+
+
+def __getattr__(name: str) -> Any:
+    """`CloudEvent` (the union) and `ENVELOPES`, built when first asked for (PEP 562)."""
+    if name == "ENVELOPES":
+        return envelopes()
+    if name == "CloudEvent":
+        return _union()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def event_id(type_name: str, subject: str, *facts: object) -> str:
@@ -210,7 +237,7 @@ def event_id(type_name: str, subject: str, *facts: object) -> str:
 
 def build(type_name: str, *, target: str, subject: str, time: datetime, facts: tuple = (), **data: Any) -> _Envelope:
     """A validated event; `facts` are what makes this transition unique beside type and subject."""
-    envelope = ENVELOPES[type_name]
+    envelope = envelopes()[type_name]
     return envelope(
         id=event_id(type_name, target, subject, *facts),
         source=f"{SOURCE_PREFIX}/{target}",
@@ -231,8 +258,8 @@ def vif_fields(target: str, vif: VirtualInterface | None, snapshot: dict[str, An
 def parse(body: str | bytes | dict) -> _Envelope:
     """An event from the queue; ValidationError names the bad field."""
     if isinstance(body, dict):
-        return _ADAPTER.validate_python(body)
-    return _ADAPTER.validate_json(body)
+        return _adapter().validate_python(body)
+    return _adapter().validate_json(body)
 
 
 def to_json(event: _Envelope) -> str:
@@ -241,7 +268,7 @@ def to_json(event: _Envelope) -> str:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of every event type (a discriminated union on `type`)."""
-    schema = _ADAPTER.json_schema(by_alias=True)
+    schema = _adapter().json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "VIF Gatekeeper events (CloudEvents 1.0)"
     return schema
