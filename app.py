@@ -22,6 +22,7 @@ for _event_type in ("scheduled", "sqs"):
 # environment_variables from .chalice/config.json already set.
 POLL_MINUTES = int(os.environ.get("VIFGATE_POLL_MINUTES", "1"))
 EVENTS_QUEUE = os.environ.get("VIFGATE_EVENTS_QUEUE", "vifgate-dev-events.fifo")
+WORK_QUEUE = os.environ.get("VIFGATE_WORK_QUEUE", "vifgate-dev-work.fifo")
 
 
 # What a cycle leaves for sending the outbox after its targets are polled (or given up on):
@@ -42,6 +43,8 @@ def poll(event):
                 logger.error("poll-now event refused: nothing polled", extra={"error": str(exc)})
                 telemetry.record_no_cycle(telemetry.metrics)
                 return {"polled": [], "refused": str(exc)}
+        if targets is None and fanout_wanted(current):
+            return fan_out(current, remaining - 1)
         report = reconcile.run_cycle(
             current, budget_seconds=remaining - flush - 1, flush_seconds=flush, targets=targets
         )
@@ -52,6 +55,52 @@ def poll(event):
         logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})
         telemetry.record_no_cycle(telemetry.metrics)
         raise
+
+
+def fanout_wanted(current) -> bool:
+    settings = current.settings
+    return bool(settings.work_queue) and len(current.policy.targets) > settings.fanout_above
+
+
+def fan_out(current, budget: float) -> dict:
+    """Enqueue every target for the `work` function, then send what the outbox holds with the time left."""
+    from chalicelib import fanout
+
+    sqs = current.sqs
+    queued = fanout.enqueue(
+        sqs,
+        current.queue_url(current.settings.work_queue),
+        [t.name for t in current.policy.targets],
+        current.clock(),
+        POLL_MINUTES * 60,
+        current.settings.targets_per_message,
+    )
+    delivery = reconcile.flush_outbox(current, budget)
+    logger.info("targets fanned out", extra=queued.summary())
+    return queued.summary() | ({"events_sent": delivery.sent, "events_pending": delivery.pending} if delivery else {})
+
+
+# Each message names a batch of targets (chalicelib/fanout.py); its cycle is an ordinary one.
+@app.on_sqs_message(queue=WORK_QUEUE, batch_size=1, name="work")
+def work(event):
+    from chalicelib import fanout
+
+    remaining = event.context.get_remaining_time_in_millis() / 1000
+    flush = min(FLUSH_RESERVE_SECONDS, remaining / 4)
+    current = runtime.get()
+    for record in event:  # batch_size 1: one message per invocation
+        try:
+            summary, report = fanout.run(
+                current, record.body, POLL_MINUTES * 60, budget_seconds=remaining - flush - 1, flush_seconds=flush
+            )
+        except ConfigError as exc:
+            logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})
+            telemetry.record_no_cycle(telemetry.metrics)
+            raise
+        if report is not None:
+            telemetry.record_cycle(report, telemetry.metrics)
+        return summary
+    return {}
 
 
 # infra/template.json turns on ReportBatchItemFailures for this event source.

@@ -310,6 +310,11 @@ def poll_now_targets(detail: object, policy: Policy) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def flush_outbox(runtime: Runtime, seconds: float | None) -> publish.FlushReport | None:
+    """Send what the outbox holds within `seconds` (the fan-out's scheduled function, which polls nothing)."""
+    return _flush(runtime, Deadline.after(seconds)) if runtime.publishing else None
+
+
 def _flush(runtime: Runtime, deadline: Deadline) -> publish.FlushReport | None:
     """Send the outbox; whatever fails here stays in it for the next cycle."""
     try:

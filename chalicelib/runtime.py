@@ -56,6 +56,9 @@ class Settings:
     events_queue: str | None = None
     dead_letter_queue: str | None = None
     poll_function: str | None = None  # the poll function an approval's vote invokes (the API function only)
+    work_queue: str | None = None  # the fan-out's SQS FIFO work queue (see chalicelib/fanout.py)
+    fanout_above: int = 50  # more targets than this: the scheduled function enqueues them instead of polling
+    targets_per_message: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +72,15 @@ class Settings:
         workers = env.get("VIFGATE_MAX_WORKERS", "8")
         if not workers.isdigit() or not 1 <= int(workers) <= 64:
             raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
+        numbers = {}
+        for name, default, low, high in (
+            ("VIFGATE_FANOUT_ABOVE", "50", 0, 1_000_000),
+            ("VIFGATE_TARGETS_PER_MESSAGE", "10", 1, 100),
+        ):
+            text = env.get(name, default).strip()
+            if not text.isdigit() or not low <= int(text) <= high:
+                raise ConfigError(name, [f"{name}: {text[:32]!r} is not a number from {low} to {high}"])
+            numbers[name] = int(text)
         return cls(
             config_source=source,
             table_name=env.get("VIFGATE_TABLE", cls.table_name),
@@ -77,6 +89,9 @@ class Settings:
             events_queue=env.get("VIFGATE_EVENTS_QUEUE") or None,
             dead_letter_queue=env.get("VIFGATE_EVENTS_DLQ") or None,
             poll_function=env.get("VIFGATE_POLL_FUNCTION") or None,
+            work_queue=env.get("VIFGATE_WORK_QUEUE") or None,
+            fanout_above=numbers["VIFGATE_FANOUT_ABOVE"],
+            targets_per_message=numbers["VIFGATE_TARGETS_PER_MESSAGE"],
         )
 
 
@@ -217,6 +232,10 @@ class Runtime:
         """How a decided vote asks the poller to act now; None: the next scheduled cycle does it."""
         if self._trigger is not None:
             return self._trigger
+        if self.settings.work_queue:  # the fan-out's path: a poll-now message on the work queue
+            from .approvals.trigger import QueueTrigger
+
+            return QueueTrigger(lambda: (self.sqs, self.queue_url(self.settings.work_queue or "")), self.clock)
         if not self.settings.poll_function:
             return None
         from .approvals.trigger import LambdaTrigger

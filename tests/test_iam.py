@@ -36,7 +36,7 @@ from tests.test_app import StageTimeoutContext
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE = ROOT / ".chalice"
 STAGES = ("dev", "prod")
-FUNCTIONS = {"poll": "poll", "notify": "notify", "api_handler": "api"}
+FUNCTIONS = {"poll": "poll", "work": "work", "notify": "notify", "api_handler": "api"}
 ACCOUNT = "123456789012"  # moto's account
 COMMON = {
     "logs:CreateLogStream",
@@ -82,10 +82,13 @@ ACTIONS = {
         "dynamodb:Query",
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
-        "lambda:InvokeFunction",
+        "sqs:GetQueueUrl",
+        "sqs:SendMessage",
         "secretsmanager:GetSecretValue",
     },
 }
+# The fan-out's worker polls as the scheduled function does, and receives its messages from the work queue.
+ACTIONS["work"] = ACTIONS["poll"] | {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
 # Where "*" is the only resource the service accepts.
 STAR_ACTIONS = {
     "directconnect:DescribeVirtualInterfaces",
@@ -128,8 +131,10 @@ def attributes(stage: str, region: str) -> dict[str, str]:
         "LedgerTable.Arn": prefix.format("dynamodb") + f"table/vifgate-{stage}-ledger",
         "EventsQueue.Arn": prefix.format("sqs") + f"vifgate-{stage}-events.fifo",
         "EventsDeadLetterQueue.Arn": prefix.format("sqs") + f"vifgate-{stage}-events-dlq.fifo",
+        "WorkQueue.Arn": prefix.format("sqs") + f"vifgate-{stage}-work.fifo",
         "Poll.Arn": prefix.format("lambda") + f"function:vif-gatekeeper-{stage}-poll",
         "PollLogGroup.Arn": logs.format("poll"),
+        "WorkLogGroup.Arn": logs.format("work"),
         "NotifyLogGroup.Arn": logs.format("notify"),
         "ApiHandlerLogGroup.Arn": logs.format("api_handler"),
         "AWS::Partition": "aws",
@@ -190,14 +195,15 @@ def test_each_function_is_granted_exactly_its_actions(stage, function):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_only_poll_touches_directlink_or_assumes_roles_and_only_on_exact_resources(stage):
+def test_only_the_pollers_touch_directlink_or_assume_roles_and_only_on_exact_resources(stage):
     for function in ("notify", "api_handler"):
         text = json.dumps(policy(policy_file(stage, function)))
         assert "directconnect:" not in text and "sts:" not in text, function
-    poll = resolve(policy(policy_file(stage, "poll")), stage)
-    for action in ("directconnect:ConfirmPrivateVirtualInterface", "directconnect:DeleteVirtualInterface"):
-        assert resources_of(poll, action) == [f"arn:aws:directconnect:*:{ACCOUNT}:dxvif/*"], action
-    assert resources_of(poll, "sts:AssumeRole") == ["arn:aws:iam::*:role/vif-gatekeeper-member"]
+    for function in ("poll", "work"):
+        poller = resolve(policy(policy_file(stage, function)), stage)
+        for action in ("directconnect:ConfirmPrivateVirtualInterface", "directconnect:DeleteVirtualInterface"):
+            assert resources_of(poller, action) == [f"arn:aws:directconnect:*:{ACCOUNT}:dxvif/*"], action
+        assert resources_of(poller, "sts:AssumeRole") == ["arn:aws:iam::*:role/vif-gatekeeper-member"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -206,9 +212,9 @@ def test_each_function_reads_only_its_own_secrets_and_config(stage):
     ssm = f"arn:aws:ssm:eu-west-1:{ACCOUNT}:parameter/vifgate/{stage}/"
     # A secret's ARN is its name + "-" + 6 characters: `approvals-??????` is that one secret, not
     # every secret whose name merely starts with "approvals" (approvals-webhooks, approvalsbackup/...).
-    own = {"poll": ["targets/*"], "notify": ["chat/*", "approvals-??????", "approvals/*"]}
+    own = {"poll": ["targets/*"], "work": ["targets/*"], "notify": ["chat/*", "approvals-??????", "approvals/*"]}
     own["api"] = ["approvals-??????", "approvals/*"]
-    own_parameters = {"poll": ["targets/*"], "notify": ["chat/*", "approvals", "approvals/*"]}
+    own_parameters = {"poll": ["targets/*"], "work": ["targets/*"], "notify": ["chat/*", "approvals", "approvals/*"]}
     own_parameters["api"] = ["approvals", "approvals/*"]
     appconfig = f"arn:aws:appconfig:eu-west-1:{ACCOUNT}:application/app1234/environment/env1234/configuration/prof123"
     for function, short in FUNCTIONS.items():
@@ -219,8 +225,8 @@ def test_each_function_reads_only_its_own_secrets_and_config(stage):
         )
         granted = resources_of(document, "secretsmanager:GetSecretValue")
         for name, readable in (
-            ("approvals-AbC123", short != "poll"),
-            ("approvals/slack-Xy9876", short != "poll"),
+            ("approvals-AbC123", short not in ("poll", "work")),
+            ("approvals/slack-Xy9876", short not in ("poll", "work")),
             ("approvals-webhooks-AbC123", False),
             ("approvalsbackup/osc-prod-AbC123", False),
         ):
@@ -230,15 +236,21 @@ def test_each_function_reads_only_its_own_secrets_and_config(stage):
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_queues_table_logs_and_invoke_are_the_stage_own(stage):
+def test_queues_table_and_logs_are_the_stage_own(stage):
     arns = attributes(stage, "eu-west-1")
-    poll, notify, api = (resolve(policy(policy_file(stage, f)), stage) for f in FUNCTIONS)
-    assert resources_of(poll, "sqs:SendMessage") == [arns["EventsQueue.Arn"]]
+    poll, work, notify, api = (resolve(policy(policy_file(stage, f)), stage) for f in FUNCTIONS)
+    assert resources_of(poll, "sqs:SendMessage") == [arns["EventsQueue.Arn"], arns["WorkQueue.Arn"]]
+    assert resources_of(work, "sqs:SendMessage") == [arns["EventsQueue.Arn"]]  # it never fans out itself
+    assert resources_of(work, "sqs:ReceiveMessage") == [arns["WorkQueue.Arn"]]
     assert resources_of(notify, "sqs:SendMessage") == [arns["EventsDeadLetterQueue.Arn"]]
     assert resources_of(notify, "sqs:ReceiveMessage") == [arns["EventsQueue.Arn"]]
-    assert resources_of(api, "lambda:InvokeFunction") == [arns["Poll.Arn"]]
-    assert stage_config(stage)["environment_variables"]["VIFGATE_POLL_FUNCTION"] == f"vif-gatekeeper-{stage}-poll"
-    for document, group in ((poll, "PollLogGroup"), (notify, "NotifyLogGroup"), (api, "ApiHandlerLogGroup")):
+    # An approval's poll-now is a message on the work queue: the API function invokes no function.
+    assert resources_of(api, "sqs:SendMessage") == [arns["WorkQueue.Arn"]]
+    assert "lambda:" not in json.dumps(api)
+    env = stage_config(stage)["environment_variables"]
+    assert env["VIFGATE_WORK_QUEUE"] == f"vifgate-{stage}-work.fifo" and "VIFGATE_POLL_FUNCTION" not in env
+    groups = ((poll, "PollLogGroup"), (work, "WorkLogGroup"), (notify, "NotifyLogGroup"), (api, "ApiHandlerLogGroup"))
+    for document, group in groups:
         assert resources_of(document, "logs:PutLogEvents") == [arns[f"{group}.Arn"]]
         assert set(resources_of(document, "dynamodb:GetItem")) == {arns["LedgerTable.Arn"]}
 
@@ -287,7 +299,7 @@ def test_chalice_gives_each_function_its_own_role_and_policy_file(stage):
     assert {name: file for name, (_, file) in roles.items()} == {
         f: f"policy-{short}-{stage}.json" for f, short in FUNCTIONS.items()
     }
-    assert len({role for role, _ in roles.values()}) == 3, roles
+    assert len({role for role, _ in roles.values()}) == len(FUNCTIONS), roles
 
 
 # --- what the API function really calls -------------------------------------------------------
@@ -396,6 +408,7 @@ def prod_world(aws, directlink, monkeypatch):
     stage = "prod"
     create_table(boto3.client("dynamodb"), f"vifgate-{stage}-ledger")
     create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
+    create_queues(boto3.client("sqs"), f"vifgate-{stage}-work.fifo", f"vifgate-{stage}-work-dlq.fifo")
     boto3.client("ssm").put_parameter(
         Name=f"/vifgate/{stage}/config", Value=approvals_config(stage), Type="SecureString", Overwrite=True
     )
@@ -456,8 +469,9 @@ def test_every_call_the_api_function_makes_is_granted_by_its_policy(prod_world, 
     recorder.recording = False
     assert [a.status_code for a in answers] == [200, 200, 200, 200, 200], [a.body[:300] for a in answers]
     services = {service for service, _, _ in recorder.calls}
-    assert "directconnect" not in services and "sts" not in services and "sqs" not in services, services
-    assert ("lambda", "Invoke") in {(s, o) for s, o, _ in recorder.calls}, "the decided vote triggers the poller"
+    assert "directconnect" not in services and "sts" not in services and "lambda" not in services, services
+    sent = [p["QueueUrl"] for s, o, p in recorder.calls if (s, o) == ("sqs", "SendMessageBatch")]
+    assert sent and all(url.endswith("/vifgate-prod-work.fifo") for url in sent), "a decided vote queues a poll-now"
     region = boto3.session.Session().region_name
     document = resolve(policy(policy_file("prod", "api_handler")), "prod", region)
     refused = [
@@ -478,6 +492,7 @@ def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, di
     sm = boto3.client("secretsmanager")
     create_table(boto3.client("dynamodb"), f"vifgate-{stage}-ledger")
     create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
+    create_queues(boto3.client("sqs"), f"vifgate-{stage}-work.fifo", f"vifgate-{stage}-work-dlq.fifo")
     config = approvals_config(stage)
     for target in ("osc-prod", "osc-staging", "osc-lab"):
         value = sm.get_secret_value(SecretId=scenario.secret_id(target))["SecretString"]

@@ -77,6 +77,35 @@ class LambdaTrigger:
         )
 
 
+class QueueTrigger:
+    """Sends a poll-now message to the fan-out's work queue: the `work` function polls that target next."""
+
+    def __init__(self, queue: Callable[[], tuple[Any, str]], clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        self.queue = queue  # (SQS client, queue URL), looked up on first use
+        self.clock = clock
+
+    def poll_now(self, target: str) -> bool:
+        from .. import fanout
+
+        try:
+            sqs, url = self.queue()
+            fanout.send_poll_now(sqs, url, target, self.clock(), uuid.uuid4().hex)
+        except ClientError as exc:
+            self._failed(target, exc.response.get("Error", {}).get("Code") or "ClientError")
+            return False
+        except (BotoCoreError, RuntimeError) as exc:
+            self._failed(target, type(exc).__name__)
+            return False
+        logger.info("poll-now queued", extra={"target": target})
+        return True
+
+    def _failed(self, target: str, error: str) -> None:
+        logger.error(
+            "poll-now not queued; the next scheduled cycle carries the decision out",
+            extra={"target": target, "error": error},
+        )
+
+
 class LocalTrigger:
     """Runs `run(target)` on a daemon thread (sandbox, demo, tests): the caller answers without waiting."""
 

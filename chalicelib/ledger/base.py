@@ -58,7 +58,7 @@ def plain_value(value: dict[str, Any]) -> Any:
             return raw
         if kind == "NULL":
             return None
-    return _plain(_de.deserialize(value))  # sets, binary and anything odd: the generic path
+    return _plain(_de.deserialize(value))  # type: ignore[arg-type]  # sets, binary and anything odd: the generic path
 
 
 class LedgerBase:

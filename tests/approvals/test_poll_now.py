@@ -26,6 +26,7 @@ def prod_stage(aws, directlink, monkeypatch):
     monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
     create_table(boto3.client("dynamodb"), "vifgate-prod-ledger")
     create_queues(boto3.client("sqs"), "vifgate-prod-events.fifo", "vifgate-prod-events-dlq.fifo")
+    create_queues(boto3.client("sqs"), "vifgate-prod-work.fifo", "vifgate-prod-work-dlq.fifo")
     boto3.client("ssm").put_parameter(
         Name="/vifgate/prod/config", Value=scenario.CONFIG, Type="SecureString", Overwrite=True
     )
