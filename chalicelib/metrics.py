@@ -28,10 +28,13 @@ SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "vif-gatekeeper"
 
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 
-# Poll cycle metrics (unit Count unless said). `Vifs` carries an extra `state` dimension.
+# CloudWatch bills a custom metric for every hour it receives a value ($0.30 a month when it gets one
+# each hour), zeros included. So a count is sent only when it is not zero, and the alarms on these
+# counts treat missing data as not breaching (infra/template.json). CyclesCompleted is the exception:
+# sent every cycle, it is the heartbeat NoSuccessfulCycle watches (missing data = breaching). The
+# cycle's duration is AWS/Lambda's free `Duration`; an idle cycle therefore emits CyclesCompleted alone.
 CYCLE_METRICS = (
-    "CyclesCompleted",
-    "CycleDuration",  # Seconds
+    "CyclesCompleted",  # always
     "Confirmed",
     "Asked",
     "Rejected",
@@ -39,6 +42,7 @@ CYCLE_METRICS = (
     "LongestTargetFailureCycles",
     "ExpiryWarnings",
     "VifsNearDeadlineUndecided",
+    "VifsConfirming",
     "EventsPending",
     "EventsParked",
 )
@@ -46,25 +50,22 @@ BATCH_METRICS = ("Delivered", "Retried", "DeadLettered")
 
 
 def record_cycle(report: CycleReport, into: Metrics | EphemeralMetrics, now: datetime | None = None) -> None:
-    """Add a finished cycle's figures to `into`; the VIFs by state are printed at once (one blob per state)."""
-    count = MetricUnit.Count
+    """Add a finished cycle's figures to `into`: CyclesCompleted always, every other count only when not zero."""
     actions = report.counts()
-    into.add_metric(name="CyclesCompleted", unit=count, value=1)
-    into.add_metric(name="CycleDuration", unit=MetricUnit.Seconds, value=round(report.duration_seconds or 0.0, 3))
-    into.add_metric(name="Confirmed", unit=count, value=actions.get("confirmed", 0))
-    into.add_metric(name="Asked", unit=count, value=actions.get("ask", 0))
-    into.add_metric(name="Rejected", unit=count, value=actions.get("rejected", 0))
-    into.add_metric(name="TargetFailures", unit=count, value=len(report.failures))
-    into.add_metric(name="LongestTargetFailureCycles", unit=count, value=report.longest_failure_cycles())
-    into.add_metric(
-        name="ExpiryWarnings", unit=count, value=sum(1 for e in report.events if e.type == "vif.expiry_warning")
-    )
-    into.add_metric(name="VifsNearDeadlineUndecided", unit=count, value=len(report.near_deadline_undecided(now)))
+    into.add_metric(name="CyclesCompleted", unit=MetricUnit.Count, value=1)
+    figures = {
+        "Confirmed": actions.get("confirmed", 0),
+        "Asked": actions.get("ask", 0),
+        "Rejected": actions.get("rejected", 0),
+        "TargetFailures": len(report.failures),
+        "LongestTargetFailureCycles": report.longest_failure_cycles(),
+        "ExpiryWarnings": sum(1 for e in report.events if e.type == "vif.expiry_warning"),
+        "VifsNearDeadlineUndecided": len(report.near_deadline_undecided(now)),
+        "VifsConfirming": report.vif_states().get("confirming", 0),
+    }
     if report.delivery is not None:  # None: the outbox could not be read this cycle, so no figure
-        into.add_metric(name="EventsPending", unit=count, value=report.delivery.pending)
-        into.add_metric(name="EventsParked", unit=count, value=report.delivery.parked)
-    for state, n in sorted(report.vif_states().items()):
-        _with_dimension("Vifs", n, "state", state, into)
+        figures |= {"EventsPending": report.delivery.pending, "EventsParked": report.delivery.parked}
+    _counts(figures, into)
 
 
 def record_no_cycle(into: Metrics | EphemeralMetrics) -> None:
@@ -82,18 +83,18 @@ class BatchTally:
 
 
 def record_batch(tally: BatchTally, into: Metrics | EphemeralMetrics) -> None:
-    """Add a notify batch's figures to `into` (all three, zeros included: an alarm must see the batch)."""
-    into.add_metric(name="Delivered", unit=MetricUnit.Count, value=tally.delivered)
-    into.add_metric(name="Retried", unit=MetricUnit.Count, value=tally.retried)
-    into.add_metric(name="DeadLettered", unit=MetricUnit.Count, value=tally.dead_lettered)
+    """Add a notify batch's figures that are not zero to `into`; Delivered 0 when all are, so the blob is not empty."""
+    figures = {"Delivered": tally.delivered, "Retried": tally.retried, "DeadLettered": tally.dead_lettered}
+    nonzero = {name: value for name, value in figures.items() if value}
+    for name, value in (nonzero or {"Delivered": 0}).items():
+        into.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
-def _with_dimension(name: str, value: int, dimension: str, label: str, like: Metrics | EphemeralMetrics) -> None:
-    """One metric with one more dimension, flushed on its own (EMF: one dimension value per blob)."""
-    one = EphemeralMetrics(namespace=like.namespace, service=like.service)
-    one.add_dimension(name=dimension, value=label)
-    one.add_metric(name=name, unit=MetricUnit.Count, value=value)
-    one.flush_metrics()
+def _counts(figures: dict[str, int], into: Metrics | EphemeralMetrics) -> None:
+    """The figures that are not zero: a count that is missing reads as zero to the alarms."""
+    for name, value in figures.items():
+        if value:
+            into.add_metric(name=name, unit=MetricUnit.Count, value=value)
 
 
 # --- tracing ------------------------------------------------------------------------------------

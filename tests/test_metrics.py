@@ -110,23 +110,63 @@ def test_a_cycle_emits_its_figures(aws, directlink, lab_down, capsys):
 
     assert blob["service"] == SERVICE
     assert blob["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]
-    duration, unit = values.pop("CycleDuration")
-    assert unit == "Seconds" and 0 < duration < 60
-    assert values == {
+    assert values == {  # Rejected, EventsPending and EventsParked are 0: not sent (a zero is billed too)
         "CyclesCompleted": (1.0, "Count"),
         "Confirmed": (1.0, "Count"),
         "Asked": (1.0, "Count"),
-        "Rejected": (0.0, "Count"),
         "TargetFailures": (1.0, "Count"),
         "LongestTargetFailureCycles": (3.0, "Count"),
         "ExpiryWarnings": (2.0, "Count"),  # prod-db and prod-legacy; prod-app was confirmed
         "VifsNearDeadlineUndecided": (1.0, "Count"),  # prod-db: asked; ignored and confirmed ones do not count
-        "EventsPending": (0.0, "Count"),
-        "EventsParked": (0.0, "Count"),
+        "VifsConfirming": (3.0, "Count"),  # as listed, before this cycle confirmed prod-app
     }
-    by_state = [b for b in emf_blobs(capsys.readouterr().out) if "Vifs" in b]
-    assert [(b["state"], b["service"], _one(b["Vifs"])) for b in by_state] == [("confirming", SERVICE, 3.0)]
-    assert by_state[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["state", "service"]]
+    assert emf_blobs(capsys.readouterr().out) == [], "nothing flushed on its own: one blob per invocation"
+
+
+def test_an_idle_cycle_sends_only_the_heartbeat_and_the_waiting_vifs(aws, directlink):
+    """Before: 13 metrics every cycle, zeros included, each billed $0.30 a month; now what is not zero."""
+    create_queues(boto3.client("sqs"), "q.fifo", "q-dlq.fifo")
+    reconcile.run_cycle(runtime_for(directlink, WATCH_ONLY))  # first sighting: discovered events
+    directlink.clock.advance(timedelta(minutes=1))
+    report = reconcile.run_cycle(runtime_for(directlink, WATCH_ONLY))  # nothing changed
+    assert report.events == [] and report.failures == []
+    waiting = report.vif_states()["confirming"]
+    into = EphemeralMetrics(namespace=telemetry.NAMESPACE, service=SERVICE)
+    telemetry.record_cycle(report, into)
+    assert emf_values(into.serialize_metric_set()) == {
+        "CyclesCompleted": (1.0, "Count"),
+        "VifsConfirming": (float(waiting), "Count"),  # the sandbox's VIFs left waiting (ignored)
+    }
+
+
+def test_a_notify_batch_that_did_nothing_still_flushes_one_figure():
+    into = EphemeralMetrics(namespace=telemetry.NAMESPACE, service=SERVICE)
+    telemetry.record_batch(telemetry.BatchTally(), into)
+    assert emf_values(into.serialize_metric_set()) == {"Delivered": (0.0, "Count")}
+    into = EphemeralMetrics(namespace=telemetry.NAMESPACE, service=SERVICE)
+    telemetry.record_batch(telemetry.BatchTally(retried=2), into)
+    assert emf_values(into.serialize_metric_set()) == {"Retried": (2.0, "Count")}
+
+
+def test_every_alarm_on_our_metrics_reads_missing_data_as_the_figure_zero_would_give():
+    """Counts are sent only when not zero: an alarm must read missing data as not breaching, except
+    NoSuccessfulCycle on CyclesCompleted, sent every cycle, where missing data means no cycle ran."""
+    template = json.loads((Path(__file__).parents[1] / "infra" / "template.json").read_text())
+    alarms = {
+        name: r["Properties"]
+        for name, r in template["Resources"].items()
+        if r.get("Type") == "AWS::CloudWatch::Alarm" and r["Properties"].get("Namespace") == telemetry.NAMESPACE
+    }
+    assert alarms, "the template alarms on our metrics"
+    for name, alarm in alarms.items():
+        assert alarm["MetricName"] in telemetry.CYCLE_METRICS + telemetry.BATCH_METRICS, name
+        if alarm["MetricName"] == "CyclesCompleted":
+            assert (alarm["ComparisonOperator"], alarm["TreatMissingData"]) == ("LessThanThreshold", "breaching")
+        else:
+            assert alarm["ComparisonOperator"].startswith("GreaterThan") and alarm["TreatMissingData"] in (
+                "notBreaching",
+                "missing",
+            ), name
 
 
 def test_a_target_that_answers_again_counts_from_zero(aws, directlink, lab_down, monkeypatch):
@@ -182,8 +222,8 @@ def test_each_poll_invocation_flushes_one_blob_of_cycle_metrics(stage_world, cap
         cycle = [b for b in blobs if "CyclesCompleted" in b]
         assert len(cycle) == 1, blobs
         figures = emf_values(cycle[0])
-        assert figures["CyclesCompleted"] == (1.0, "Count") and figures["TargetFailures"] == (0.0, "Count")
-        assert all("Vifs" in b for b in blobs if b is not cycle[0]), "the rest are the VIFs by state"
+        assert figures["CyclesCompleted"] == (1.0, "Count") and "TargetFailures" not in figures
+        assert blobs == cycle, "one blob per invocation"
 
 
 def test_a_poll_with_an_invalid_config_still_says_no_cycle_completed(stage_world, capsys):  # noqa: F811
