@@ -50,9 +50,9 @@ def test_member_role_template_lints():
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_member_role_trusts_only_the_gatekeeper_role_with_the_external_id():
+def test_member_role_trusts_only_the_gatekeeper_roles_with_the_external_id():
     template = member_role()
-    assert set(template["Parameters"]) == {"GatekeeperRoleArn", "ExternalId", "RoleName"}
+    assert set(template["Parameters"]) == {"GatekeeperRoleArn", "WorkerRoleArn", "ExternalId", "RoleName"}
     assert template["Parameters"]["RoleName"]["Default"] == "vif-gatekeeper-member"
     assert "NoEcho" in template["Parameters"]["ExternalId"]
     role = template["Resources"]["MemberRole"]["Properties"]
@@ -60,7 +60,7 @@ def test_member_role_trusts_only_the_gatekeeper_role_with_the_external_id():
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust == {
         "Effect": "Allow",
-        "Principal": {"AWS": {"Ref": "GatekeeperRoleArn"}},
+        "Principal": {"AWS": [{"Ref": "GatekeeperRoleArn"}, {"Ref": "WorkerRoleArn"}]},
         "Action": "sts:AssumeRole",
         "Condition": {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}},
     }

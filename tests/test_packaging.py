@@ -194,7 +194,8 @@ def test_appconfig_validator_is_the_committed_schema_and_alarms_exist(template):
     assert resources["NoSuccessfulCycleAlarm"]["Properties"]["TreatMissingData"] == "breaching"
     (monitor,) = resources["PolicyEnvironment"]["Properties"]["Monitors"]
     assert monitor["AlarmArn"] == {"Fn::GetAtt": ["PollErrorsAlarm", "Arn"]}
-    assert {"PollRoleArn", "ApiUrl", "AppConfigApplicationId", "AppConfigEnvironmentId"} <= set(template["Outputs"])
+    outputs = {"PollRoleArn", "WorkRoleArn", "WorkQueueUrl", "ApiUrl", "AppConfigApplicationId", "AppConfigEnvironmentId"}
+    assert outputs <= set(template["Outputs"])
 
 
 CLEAN_IMPORT = """
