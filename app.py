@@ -77,6 +77,7 @@ def fan_out(current, budget: float) -> dict:
     )
     delivery = reconcile.flush_outbox(current, budget)
     logger.info("targets fanned out", extra=queued.summary())
+    telemetry.record_no_cycle(telemetry.metrics)  # the cycles are the work functions' (one blob each)
     return queued.summary() | ({"events_sent": delivery.sent, "events_pending": delivery.pending} if delivery else {})
 
 
@@ -97,7 +98,9 @@ def work(event):
             logger.error("invalid config: nothing confirmed", extra={"problems": exc.problems, "source": exc.source})
             telemetry.record_no_cycle(telemetry.metrics)
             raise
-        if report is not None:
+        if report is None:  # dropped or skipped: no cycle ran, and the blob is still not empty
+            telemetry.record_no_cycle(telemetry.metrics)
+        else:
             telemetry.record_cycle(report, telemetry.metrics)
         return summary
     return {}

@@ -69,7 +69,7 @@ def record_cycle(report: CycleReport, into: Metrics | EphemeralMetrics, now: dat
 
 
 def record_no_cycle(into: Metrics | EphemeralMetrics) -> None:
-    """A poll invocation that ran no cycle (invalid config): CyclesCompleted 0, so the blob is never empty."""
+    """An invocation that ran no cycle (invalid config, a fan-out, a dropped work message): CyclesCompleted 0."""
     into.add_metric(name="CyclesCompleted", unit=MetricUnit.Count, value=0)
 
 

@@ -197,3 +197,22 @@ def test_a_vote_queues_a_poll_now_for_its_target(aws):
     assert [(m["reason"], m["targets"]) for m in messages] == [("poll-now", ["osc-lab"])] * 2
     down = Runtime(Settings(config_source="test", work_queue="no-such-queue.fifo"), sqs=sqs, clock=lambda: NOW)
     assert down.trigger.poll_now("osc-lab") is False, "a missing queue is a logged failure, never an exception"
+
+
+def emf_blobs(err: str) -> list[dict]:
+    return [line for line in map(json.loads, (x for x in err.splitlines() if x.startswith("{"))) if "_aws" in line]
+
+
+def test_a_fan_out_and_a_dropped_message_each_flush_one_metric_blob(prod_stage, monkeypatch, capsys):
+    work_queue()
+    monkeypatch.setenv("VIFGATE_FANOUT_ABOVE", "2")
+    with Client(app, stage_name="prod") as client:
+        event = client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
+        client.lambda_.invoke("poll", event)
+    invoke_work(["{not json"])
+    out = capsys.readouterr()
+    blobs = emf_blobs(out.out + out.err)
+    assert [blob["CyclesCompleted"] for blob in blobs] == [[0.0], [0.0]], "one non-empty blob per invocation"
+    assert "No application metrics to publish" not in out.out + out.err
