@@ -57,7 +57,7 @@ class Settings:
     dead_letter_queue: str | None = None
     poll_function: str | None = None  # the poll function an approval's vote invokes (the API function only)
     work_queue: str | None = None  # the fan-out's SQS FIFO work queue (see chalicelib/fanout.py)
-    fanout_above: int = 50  # more targets than this: the scheduled function enqueues them instead of polling
+    fanout_above: int = 100  # more targets than this: the scheduled function enqueues them instead of polling
     targets_per_message: int = 10
 
     @classmethod
@@ -74,7 +74,7 @@ class Settings:
             raise ConfigError("VIFGATE_MAX_WORKERS", [f"VIFGATE_MAX_WORKERS: {workers!r} is not a number from 1 to 64"])
         numbers = {}
         for name, default, low, high in (
-            ("VIFGATE_FANOUT_ABOVE", "50", 0, 1_000_000),
+            ("VIFGATE_FANOUT_ABOVE", "100", 0, 1_000_000),
             ("VIFGATE_TARGETS_PER_MESSAGE", "10", 1, 100),
         ):
             text = env.get(name, default).strip()
