@@ -68,8 +68,8 @@ def test_poll_rate_comes_from_the_stage_variable():
 
 # --- the package itself (slow: downloads the Lambda wheels and boto3 from the package registry) --------------
 
-FUNCTIONS = {"Poll": "poll", "Notify": "notify", "APIHandler": "api_handler"}
-ROLES = {"Poll": "PollRole", "Notify": "NotifyRole", "APIHandler": "ApiHandlerRole"}
+FUNCTIONS = {"Poll": "poll", "Work": "work", "Notify": "notify", "APIHandler": "api_handler"}
+ROLES = {"Poll": "PollRole", "Work": "WorkRole", "Notify": "NotifyRole", "APIHandler": "ApiHandlerRole"}
 STAR_ACTIONS = {
     "directconnect:DescribeVirtualInterfaces",
     "directconnect:DescribeVirtualGateways",
@@ -148,6 +148,13 @@ def test_functions_are_python313_named_traced_and_wired(template):
     assert functions["Notify"]["Properties"]["Timeout"] * 6 <= int(
         resources["EventsQueue"]["Properties"]["VisibilityTimeout"]
     )
+    # The fan-out's worker: one message at a time, from the stage's work queue, at most WorkConcurrency at once.
+    work = functions["Work"]["Properties"]
+    work_source = work["Events"]["WorkSqsEventSource"]["Properties"]
+    assert work_source["BatchSize"] == 1 and "vifgate-prod-work.fifo" in json.dumps(work_source["Queue"])
+    assert work["ReservedConcurrentExecutions"] == {"Ref": "WorkConcurrency"}
+    assert work["Timeout"] * 6 <= int(resources["WorkQueue"]["Properties"]["VisibilityTimeout"])
+    assert work["Environment"]["Variables"]["VIFGATE_WORK_QUEUE"] == "vifgate-prod-work.fifo"
 
 
 @pytest.mark.slow
@@ -158,7 +165,7 @@ def test_each_role_holds_its_policy_file_verbatim_and_no_star_beyond_describe_an
         documents = [p["PolicyDocument"] for p in resources[ROLES[logical]]["Properties"]["Policies"]]
         short = "api" if name == "api_handler" else name
         assert documents == [json.loads((ROOT / f".chalice/policy-{short}-prod.json").read_text())], logical
-        if name != "poll":
+        if name not in ("poll", "work"):  # the two that poll
             assert "directconnect:" not in json.dumps(documents) and "sts:" not in json.dumps(documents)
     for logical, resource in resources.items():
         if resource["Type"] != "AWS::IAM::Role":
@@ -190,11 +197,12 @@ def test_appconfig_validator_is_the_committed_schema_and_alarms_exist(template):
         "TargetFailingAlarm",
         "NoSuccessfulCycleAlarm",
         "VifNearDeadlineUndecidedAlarm",
+        "WorkDeadLetterQueueNotEmptyAlarm",
     }
     assert resources["NoSuccessfulCycleAlarm"]["Properties"]["TreatMissingData"] == "breaching"
     (monitor,) = resources["PolicyEnvironment"]["Properties"]["Monitors"]
     assert monitor["AlarmArn"] == {"Fn::GetAtt": ["PollErrorsAlarm", "Arn"]}
-    outputs = {"PollRoleArn", "WorkRoleArn", "WorkQueueUrl", "ApiUrl", "AppConfigApplicationId", "AppConfigEnvironmentId"}
+    outputs = {"PollRoleArn", "WorkRoleArn", "WorkQueueUrl", "ApiUrl", "AppConfigApplicationId"}
     assert outputs <= set(template["Outputs"])
 
 
@@ -231,7 +239,7 @@ def test_every_handler_imports_from_the_unzipped_package_alone(package, template
     with zipfile.ZipFile(package / "deployment.zip") as archive:
         archive.extractall(code)
     handlers = [template["Resources"][f]["Properties"]["Handler"] for f in FUNCTIONS]
-    assert sorted(handlers) == ["app.app", "app.notify_chat", "app.poll"]
+    assert sorted(handlers) == ["app.app", "app.notify_chat", "app.poll", "app.work"]
     stage_env = json.loads((ROOT / ".chalice/config.json").read_text())["stages"]["prod"]["environment_variables"]
     env = {"PATH": "/usr/bin:/bin", "AWS_DEFAULT_REGION": "eu-west-1", **stage_env}
     # -I -S: no user site, no site-packages, no PYTHONPATH; the dev venv is nowhere on sys.path.
