@@ -45,7 +45,7 @@ def seed(targets: int) -> dict:
     from chalicelib.runtime import Runtime, Settings
 
     logger.setLevel("ERROR")
-    world = json.loads(os.environ["BENCH_WORLD"])
+    world = json.loads(Path(os.environ["BENCH_WORLD"]).read_text())
     import boto3
 
     seeding = memory.BatchedInserts(boto3.client("dynamodb"))
@@ -67,7 +67,7 @@ def work(targets: int, index: int) -> dict:
     from chalicelib.runtime import Runtime, Settings
 
     logger.setLevel("ERROR")
-    world = json.loads(os.environ["BENCH_WORLD"])
+    world = json.loads(Path(os.environ["BENCH_WORLD"]).read_text())
     tally = scale.Tally()
     scale.count_calls(tally)
     settings = Settings(
@@ -146,7 +146,7 @@ def main() -> None:
                     "AWS_ENDPOINT_URL_SQS": aws.info["url"],
                     "AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.info["url"],
                     "AWS_ENDPOINT_URL_STS": aws.info["url"],
-                    "BENCH_WORLD": json.dumps(world),
+                    "BENCH_WORLD": scale.world_file(world),
                 }
             )
             seeded = json.loads(_run([sys.executable, __file__, "--seed", str(size)], env).splitlines()[-1])

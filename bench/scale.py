@@ -78,6 +78,15 @@ def serve_directlink(targets: int, vifs: int, latency_ms: int, confirming: int =
     memory._announce({"url": sb.url, "connections": connections, "gateways": gateways, "confirming": confirming})
 
 
+def world_file(world: dict) -> str:
+    """The world's ids in a file for the children (5,000 targets' ids are past the 128 KB an env var may hold)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="vifgate-bench-", delete=False) as file:
+        json.dump(world, file)
+    return file.name
+
+
 def policy_text(targets: int, world: dict) -> str:
     """Each account's confirming VIFs (vlan 100..) are trusted by a confirm rule; anything else is asked about."""
     lines = ["targets:"]
@@ -330,7 +339,7 @@ def main() -> None:
         return
     if args.child:
         targets, workers, latency, seed = map(int, args.child)
-        world = json.loads(os.environ["BENCH_WORLD"])
+        world = json.loads(Path(os.environ["BENCH_WORLD"]).read_text())
         print(json.dumps(measure(targets, workers, latency, world, bool(seed))))
         return
 
@@ -355,7 +364,7 @@ def main() -> None:
                 "AWS_ENDPOINT_URL_SQS": aws.info["url"],
                 "AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.info["url"],
                 "AWS_ENDPOINT_URL_STS": aws.info["url"],
-                "BENCH_WORLD": json.dumps(world),
+                "BENCH_WORLD": world_file(world),
             }
         )
         print(
