@@ -50,7 +50,7 @@ def seed(targets: int) -> dict:
 
     seeding = memory.BatchedInserts(boto3.client("dynamodb"))
     settings = Settings(config_source="bench", table_name=memory.TABLE, max_workers=32)
-    runtime = Runtime(settings, policy=parse_policy(scale.policy_text(targets, world)), dynamodb=seeding)
+    runtime = Runtime(settings, policy=parse_policy(scale.policy_text(targets, world, rules=False)), dynamodb=seeding)
     began = time.perf_counter()
     report = reconcile.run_cycle(runtime)
     written = seeding.flush(memory.TABLE)
@@ -73,7 +73,7 @@ def work(targets: int, index: int) -> dict:
     settings = Settings(
         config_source="bench", table_name=memory.TABLE, max_workers=8, events_queue=scale.EVENTS, work_queue=WORK
     )
-    runtime = Runtime(settings, policy=parse_policy(scale.policy_text(targets, world)))
+    runtime = Runtime(settings, policy=parse_policy(scale.policy_text(targets, world, rules=False)))
     sqs = boto3.client("sqs")
     url = sqs.get_queue_url(QueueName=WORK)["QueueUrl"]
     print("ready", flush=True)
