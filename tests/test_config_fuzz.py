@@ -23,6 +23,7 @@ FIELDS = [
     "destinations", "kind", "url", "token", "channel", "signing_secret", "parameter", "key", "events",
     "approvals", "approvers", "groups", "link_ttl", "base_url", "signing_key", "slack_signing_secret", "slack",
     "mattermost", "email", "min_approvals", "gateways", "default_approvers", "default_min_approvals",
+    "auto_confirm", "external_id",
 ]  # fmt: skip
 SCALARS = [
     "aws", "outscale", "eu-west-2", "111122223333", "012345670123", "vgw-12345678", "dxcon-fg5678gh", "confirm",
@@ -94,6 +95,8 @@ PLACES = [
     "targets.0.credentials",
     "targets.0.account_id",
     "targets.1.role_arn",
+    "targets.1.external_id",
+    "auto_confirm",
     "rules",
     "rules.0",
     "rules.0.vlan",
@@ -207,6 +210,7 @@ secret_structures = st.recursive(
 )
 SECRET_PLACES = [
     "targets.0.credentials",
+    "targets.1.external_id",  # the member role's shared secret: never echoed either
     "chat",
     "chat.destinations",
     "chat.destinations.0",
