@@ -278,7 +278,11 @@ def test_reject_rereads_the_vif_and_spares_one_a_person_confirmed_meanwhile(aws,
 
 
 def test_a_spell_started_by_an_overlapping_poller_is_not_ended_silently(aws, directlink, monkeypatch):
-    """Poller A read the target as healthy; poller B then marked it failing; A's success ends B's spell."""
+    """Poller A read the target as healthy; poller B then marked it failing; B's spell ends with its event.
+
+    An idle cycle writes nothing (last_polled_at is a heartbeat), so A's success leaves B's spell alone
+    rather than ending it: the next cycle reads the spell and ends it, with target.recovered naming it.
+    """
     runtime = runtime_for(directlink)
     reconcile.run_cycle(runtime)
     load = Ledger.load
@@ -290,7 +294,12 @@ def test_a_spell_started_by_an_overlapping_poller_is_not_ended_silently(aws, dir
             self.mark_failing(target, other_spell, lambda: failed_event(target, other_spell))
         return known
 
-    monkeypatch.setattr(Ledger, "load", load_then_another_poller_fails_it)
+    with monkeypatch.context() as patched:
+        patched.setattr(Ledger, "load", load_then_another_poller_fails_it)
+        directlink.clock.advance(timedelta(minutes=1))
+        report = reconcile.run_cycle(runtime)
+    assert of_type(report, "target.recovered") == []
+    assert records("osc-lab").failing_since == other_spell, "not ended without its event"
     directlink.clock.advance(timedelta(minutes=1))
     report = reconcile.run_cycle(runtime)
     recovered = of_type(report, "target.recovered")
