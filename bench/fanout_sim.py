@@ -141,16 +141,7 @@ def main() -> None:
             create_queues(sqs, scale.EVENTS, scale.DEAD)
             work_url = create_queues(sqs, WORK, WORK_DLQ)
             world = {k: directlink.info[k] for k in ("connections", "gateways", "confirming")}
-            env = memory._child_env(
-                {
-                    "AWS_ENDPOINT_URL_DIRECT_CONNECT": directlink.info["url"],
-                    "AWS_ENDPOINT_URL_DYNAMODB": replay.info["url"],
-                    "AWS_ENDPOINT_URL_SQS": aws.info["url"],
-                    "AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.info["url"],
-                    "AWS_ENDPOINT_URL_STS": aws.info["url"],
-                    "BENCH_WORLD": scale.world_file(world),
-                }
-            )
+            env = scale.child_env(directlink, aws, replay, world)
             seeded = json.loads(_run([sys.executable, __file__, "--seed", str(size)], env).splitlines()[-1])
             workers = [
                 subprocess.Popen(

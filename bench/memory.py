@@ -147,9 +147,9 @@ def _announce(info: dict) -> None:
 class Emulator:
     """A serving subprocess of this script; its first stdout line says where it listens."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, script: str = __file__):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", *args],
+            [sys.executable, script, "--serve", *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

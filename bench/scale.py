@@ -361,16 +361,7 @@ def main() -> None:
 
         create_queues(session.client("sqs", endpoint_url=aws.info["url"]), EVENTS, DEAD)
         world = {k: directlink.info[k] for k in ("connections", "gateways", "confirming")}
-        env = memory._child_env(
-            {
-                "AWS_ENDPOINT_URL_DIRECT_CONNECT": directlink.info["url"],
-                "AWS_ENDPOINT_URL_DYNAMODB": replay.info["url"],
-                "AWS_ENDPOINT_URL_SQS": aws.info["url"],
-                "AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.info["url"],
-                "AWS_ENDPOINT_URL_STS": aws.info["url"],
-                "BENCH_WORLD": world_file(world),
-            }
-        )
+        env = child_env(directlink, aws, replay, world)
         print(
             f"{args.targets} targets x {args.vifs} VIFs ({world['confirming']} confirming per target, trusted), "
             f"{args.latency_ms} ms per DirectLink request; emulators out of process, repeated DynamoDB reads "
@@ -407,24 +398,23 @@ def main() -> None:
     print(f"done in {time.perf_counter() - started:.0f}s")
 
 
-class Emulator(memory.Emulator):
-    """memory.Emulator, serving this script's world (95% of the VIFs already confirmed)."""
+def Emulator(*args: str) -> memory.Emulator:
+    """memory.Emulator, serving this script's world (95% of the VIFs already confirmed) and the replay."""
+    return memory.Emulator(*args, script=__file__)
 
-    def __init__(self, *args: str):
-        import subprocess
 
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=memory._child_env({}),
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise SystemExit(f"emulator {args[0]} did not start (exit {self.process.wait()})")
-        self.info = json.loads(line)
+def child_env(directlink: memory.Emulator, aws: memory.Emulator, replay: memory.Emulator, world: dict) -> dict:
+    """What a measured child needs: the emulators' endpoints (DynamoDB through the replay) and the world's ids."""
+    return memory._child_env(
+        {
+            "AWS_ENDPOINT_URL_DIRECT_CONNECT": directlink.info["url"],
+            "AWS_ENDPOINT_URL_DYNAMODB": replay.info["url"],
+            "AWS_ENDPOINT_URL_SQS": aws.info["url"],
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": aws.info["url"],
+            "AWS_ENDPOINT_URL_STS": aws.info["url"],
+            "BENCH_WORLD": world_file(world),
+        }
+    )
 
 
 def run_child(args: list[str], env: dict[str, str]) -> dict:
