@@ -367,7 +367,7 @@ def main() -> None:
         "available already and the first cycle only records them (~3x faster, but the records lack the claim and "
         "confirmation fields: 4 RRU per target instead of 5)",
     )
-    parser.add_argument("--fanout-above", type=int, default=50, help="VIFGATE_FANOUT_ABOVE of the stages")
+    parser.add_argument("--fanout-above", type=int, default=100, help="VIFGATE_FANOUT_ABOVE of the stages")
     parser.add_argument("--per-message", type=int, default=10, help="VIFGATE_TARGETS_PER_MESSAGE")
     args = parser.parse_args()
     deployment = Deployment(args.workers, args.fanout_above, args.per_message, args.latency_ms / 1000)
