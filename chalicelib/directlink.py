@@ -296,9 +296,13 @@ class DirectLinkClients:
         self,
         base_session: Callable[[], boto3.Session] = boto3.Session,
         secrets_client: Callable[[], Any] | None = None,
+        pool: int = 10,
     ):
         self._base_session = base_session
         self._secrets_client = secrets_client
+        # The STS and Secrets Manager clients are shared by every worker thread refreshing keys (a cold
+        # start refreshes them all at once): one pooled connection per worker, or urllib3 churns them.
+        self._shared_config = CLIENT_CONFIG.merge(Config(max_pool_connections=max(10, pool)))
         self._lock = threading.RLock()  # the slots and the shared pieces, each created once
         # boto3 Sessions are not thread-safe: clients are created from them one at a time (~5 ms each).
         self._build_lock = threading.Lock()
@@ -380,7 +384,7 @@ class DirectLinkClients:
         assert target.role_arn is not None
         if source is None:  # the session's own credentials: one STS client per session and region
             key = ("sts", str(id(session)), target.region)
-            sts = self._shared_client(key, lambda: self._client(session, "sts", region_name=target.region))
+            sts = self._shared_client(key, lambda: self._pooled(session, "sts", region_name=target.region))
         else:  # keys from a secret assume the role (rare): their own STS client, gone with them
             sts = self._client(session, "sts", region_name=target.region, **source.client_args())
         try:
@@ -402,7 +406,7 @@ class DirectLinkClients:
         if self._secrets_client is not None:
             client = self._secrets_client()
         else:
-            client = self._shared_client(("secretsmanager",), lambda: self._client(self._base(), "secretsmanager"))
+            client = self._shared_client(("secretsmanager",), lambda: self._pooled(self._base(), "secretsmanager"))
         try:
             raw = client.get_secret_value(SecretId=secret_id)["SecretString"]
         except (ClientError, BotoCoreError) as exc:
@@ -440,5 +444,11 @@ class DirectLinkClients:
             return self._shared[key]
 
     def _client(self, session: boto3.Session, service: str, **args: Any) -> Any:
+        """A client for one target (one thread at a time uses it: botocore's pool of 10 is plenty)."""
         with self._build_lock:
             return session.client(service, config=CLIENT_CONFIG, **args)  # type: ignore[call-overload]
+
+    def _pooled(self, session: boto3.Session, service: str, **args: Any) -> Any:
+        """A client every worker thread may use at once."""
+        with self._build_lock:
+            return session.client(service, config=self._shared_config, **args)  # type: ignore[call-overload]

@@ -371,6 +371,7 @@ def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
 
 def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
     runtime, policy, target = run.runtime, run.policy, run.target
+    began = time.monotonic()
     api = run.api = runtime.directlink.get(target)
     vifs = api.describe_virtual_interfaces()
     run.in_time("reading the ledger")
@@ -385,6 +386,7 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
     gateways = _gateways(api) if wants_gateway else {}
 
     outcomes, produced = [], []
+    changed = 0  # VIFs that changed, were acted on or disappeared: each has a line of its own
     for vif in vifs:
         now = run.now()
         decision = decide(vif, gateways, policy, target)
@@ -421,6 +423,7 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
         outcomes.append(_outcome(target.name, vif, entry, shown, action, reason))
         if not (noteworthy or sighting.emitted):
             continue
+        changed += 1
         logger.info(
             "vif decided",
             extra={
@@ -440,6 +443,8 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
         for gone in known.vifs.values() if unreadable is not None else ():
             if gone.vif_id not in listed and gone.gone_at is None:
                 sighting = transitions.disappeared(gone, run.now(), target.region, run.publishing)
+                changed += 1
+                logger.info("vif gone", extra={"target": target.name, "vif_id": gone.vif_id, "last_state": gone.state})
                 run.save(sighting.entry, sighting)
                 run.change_approval(sighting, transitions.approval_followup(sighting, None, run.now()))
                 produced += sighting.emitted
@@ -448,7 +453,16 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
             since = iso(known.failing_since) if known.failing_since else None
             recovered = _recovered(run) if run.publishing else None  # no queue: the spell ends without an event
             produced += runtime.ledger.mark_polled(target.name, run.now(), since, recovered)
-    logger.info("target polled", extra={"target": target.name, "vifs": len(vifs), "actions": _counts(outcomes)})
+    logger.info(
+        "target polled",
+        extra={
+            "target": target.name,
+            "vifs": len(vifs),
+            "changed": changed,
+            "actions": _counts(outcomes),
+            "duration_ms": round((time.monotonic() - began) * 1000),
+        },
+    )
     return outcomes, produced
 
 

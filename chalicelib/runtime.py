@@ -183,7 +183,7 @@ class Runtime:
 
     @cached_property
     def directlink(self) -> DirectLinkClients:
-        return self._directlink or DirectLinkClients(base_session=lambda: self.session)
+        return self._directlink or DirectLinkClients(base_session=lambda: self.session, pool=self.settings.max_workers)
 
     def warm(self, *, ledger: bool) -> None:
         """Build the shared clients once, before worker threads race to build them."""

@@ -6,12 +6,20 @@ import json
 import logging
 from datetime import timedelta
 
+import boto3
 import pytest
 
 from chalicelib import reconcile
+from chalicelib.approvals import service
+from chalicelib.config import Target, parse_policy
+from chalicelib.directlink import DirectLinkClients
+from chalicelib.ledger import Ledger
 from chalicelib.log import logger
+from chalicelib.runtime import Runtime, Settings
 from sandbox import scenario
-from tests.test_reconcile import cycle, records  # noqa: F401  (the fixture, reused)
+from tests.approvals.test_cycle import APPROVALS
+from tests.conftest import TABLE
+from tests.test_reconcile import CountingClient, cycle, records  # noqa: F401  (the fixture, reused)
 
 WRITES = ("update_item", "put_item", "transact_write_items", "batch_write_item", "delete_item")
 
@@ -101,3 +109,85 @@ def test_a_vif_that_changes_gets_its_own_line(cycle, directlink, lines):  # noqa
     cycle()
     decided = [line for line in lines() if line["message"] == "vif decided"]
     assert late in {line["vif_id"] for line in decided}
+
+
+# --- a warm runtime: what carries over between cycles -------------------------------------------------
+
+
+@pytest.fixture
+def warm(aws, directlink):
+    """Cycles on one Runtime, as a warm Lambda runs them: clients, listings and ledger reads carry over."""
+    dynamodb = CountingClient(boto3.client("dynamodb"))
+    settings = Settings(config_source="test", table_name=TABLE, events_queue="q.fifo", max_workers=4)
+    runtime = Runtime(settings, policy=parse_policy(scenario.CONFIG), clock=directlink.clock, dynamodb=dynamodb)
+
+    def run() -> reconcile.CycleReport:
+        directlink.clock.advance(timedelta(minutes=1))
+        return reconcile.run_cycle(runtime)
+
+    run.runtime, run.dynamodb = runtime, dynamodb  # type: ignore[attr-defined]
+    return run
+
+
+def test_a_vote_between_cycles_is_carried_out_by_the_next_warm_cycle(aws, directlink):
+    text = scenario.CONFIG.replace("default_action: ask\n", "default_action: ask\ndefault_approvers: [alice]\n")
+    text += APPROVALS
+    settings = Settings(config_source="test", table_name=TABLE, events_queue="q.fifo", max_workers=2)
+    runtime = Runtime(settings, policy=parse_policy(text), clock=directlink.clock)
+    reconcile.run_cycle(runtime)
+    directlink.clock.advance(timedelta(minutes=1))
+    reconcile.run_cycle(runtime)  # warm: the pending request is in every cache now
+    pending = Ledger(boto3.client("dynamodb"), TABLE).approvals("pending")
+    request, record = next((r, v) for r, v in pending if r.gateways)
+    result = service.record_vote(
+        Ledger(boto3.client("dynamodb"), TABLE),  # the API function's own ledger, as in a deployment
+        parse_policy(text),
+        request.request_id,
+        approver="alice",
+        user_id=None,
+        channel="slack",
+        vote="approve",
+        gateway=request.gateways[0],
+        clock=directlink.clock,
+        publishing=True,
+    )
+    assert result.request.status == "approved"
+    directlink.clock.advance(timedelta(minutes=1))
+    report = reconcile.run_cycle(runtime)
+    [done] = [o for o in report.outcomes if o.virtualInterfaceId == record.vif_id]
+    assert done.action == "confirmed" and directlink.confirm_count(record.vif_id) == 1
+    directlink.clock.advance(timedelta(minutes=1))
+    again = reconcile.run_cycle(runtime)
+    assert directlink.confirm_count(record.vif_id) == 1, "confirmed exactly once"
+    assert [o.action for o in again.outcomes if o.virtualInterfaceId == record.vif_id] == ["none"]
+
+
+def test_the_target_line_counts_what_changed_and_how_long_it_took(warm, directlink, lines):
+    warm()
+    warm()
+    lines()
+    late = scenario.allocate_late_arrival(directlink, directlink.world)
+    warm()
+    logged = lines()
+    polled = {line["target"]: line for line in logged if line["message"] == "target polled"}
+    assert sorted(polled) == sorted(scenario.TARGETS)
+    assert polled["osc-prod"]["changed"] == 1 and polled["osc-lab"]["changed"] == 0
+    assert all(isinstance(line["duration_ms"], int) for line in polled.values())
+    assert [line["vif_id"] for line in logged if line["message"] == "vif decided"] == [late]
+
+
+def test_the_shared_sts_and_secrets_clients_pool_a_connection_per_worker(aws):
+    clients = DirectLinkClients(base_session=boto3.Session, pool=32)
+    target = Target.model_validate(
+        {
+            "name": "osc-prod",
+            "provider": "outscale",
+            "region": "eu-west-2",
+            "account_id": scenario.PROD,
+            "credentials": {"secret_id": scenario.secret_id("osc-prod")},
+        }
+    )
+    clients._keys(target)
+    [secrets] = clients._shared.values()
+    assert secrets.meta.config.max_pool_connections == 32
+    assert DirectLinkClients(pool=4)._shared_config.max_pool_connections == 10, "never fewer than botocore's 10"
