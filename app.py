@@ -81,7 +81,9 @@ def fan_out(current, budget: float) -> dict:
     return queued.summary() | ({"events_sent": delivery.sent, "events_pending": delivery.pending} if delivery else {})
 
 
-# Each message names a batch of targets (chalicelib/fanout.py); its cycle is an ordinary one.
+# Each message names a batch of targets (chalicelib/fanout.py); its cycle is an ordinary one. A message
+# that is not ours, stale or polled is done (deleted): infra/template.json turns on ReportBatchItemFailures
+# here too, and the answer says "no failed item" in so many words; only an exception retries it.
 @app.on_sqs_message(queue=WORK_QUEUE, batch_size=1, name="work")
 def work(event):
     from chalicelib import fanout
@@ -102,8 +104,8 @@ def work(event):
             telemetry.record_no_cycle(telemetry.metrics)
         else:
             telemetry.record_cycle(report, telemetry.metrics)
-        return summary
-    return {}
+        return summary | {"batchItemFailures": []}
+    return {"batchItemFailures": []}
 
 
 # infra/template.json turns on ReportBatchItemFailures for this event source.

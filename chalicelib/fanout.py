@@ -1,22 +1,31 @@
 """Fan-out: the scheduled function only enqueues the targets; `work` functions poll them.
 
 Past VIFGATE_FANOUT_ABOVE targets, one invocation polling every target stops fitting a minute (and
-a fraction of a vCPU). The scheduled function then sends one message per batch of targets to the
-SQS FIFO work queue, and the `work` function (batch size 1, reserved concurrency = the bound on
-load at the DirectLink endpoints) runs an ordinary cycle over each message's targets.
+a fraction of a vCPU). The scheduled function then sends ceil(targets / VIFGATE_TARGETS_PER_MESSAGE)
+messages to the SQS FIFO work queue, and the `work` function (batch size 1, reserved concurrency =
+the bound on the load at the DirectLink endpoints) runs an ordinary cycle over each message's targets.
 
-Never the same target twice at once, never a batch enqueued twice:
-- A target always falls in the same shard (crc32 of its name, modulo the shard count), and a
-  shard's messages share one MessageGroupId: FIFO hands a group's next message out only after the
-  previous one was deleted, so a target whose message is still in flight is not polled again
-  alongside it; its next message waits in the queue.
-- The MessageDeduplicationId is the schedule slot and the batch: a scheduled invocation delivered
-  twice (EventBridge is at least once) in the same slot enqueues nothing new.
-- A "schedule" message whose slot began two periods ago or more is dropped when a worker gets it:
-  later slots' messages for the same targets follow, so a slow shard never builds a backlog of stale
-  cycles (at most two of its messages wait at a time).
-A message SQS refuses is retried, then reported and logged by target name; the next slot enqueues
-those targets again. An approval's poll-now is a message of its own ("poll-now") on the same queue.
+"A target whose message is still in flight is not enqueued twice" is kept by SQS itself, at no
+ledger cost (a lease item per batch would be two writes per message per period, the very DynamoDB
+bill the steady cycle is cut for):
+- Within a slot, the MessageDeduplicationId is the slot and the batch: a scheduled invocation
+  delivered twice (EventBridge is at least once) enqueues nothing new (dedup window: 5 minutes).
+- Across slots, the batches are cut the same way every slot (sorted names, equal sizes), so a
+  target keeps its batch and its MessageGroupId while the policy's list of targets is unchanged.
+  FIFO hands a group's next message out only once the previous one is deleted (or its visibility
+  timeout lapsed: the worker died), so the next slot's message for a target waits, queued, while
+  the current one is in flight: never two cycles of one target at once.
+- A "schedule" message that waited longer than a period is dropped unpolled when a worker gets it:
+  its successor (the next slot's, for the same targets) is already queued behind it. A slow batch
+  therefore runs at most one cycle at a time with at most about one message waiting, and a backlog
+  (WorkConcurrency too low) sheds old messages instead of growing.
+- When the list of targets changes, the batches are cut again and a target may move to another
+  group once; if its old message is in flight just then, the two cycles overlap once. The ledger's
+  claims keep that from confirming anything twice (as for overlapping pollers), at the cost of one
+  extra Describe. An approval's poll-now has a group of its own per target for the same reason: a
+  vote never waits behind a batch, and the claim settles who acts.
+A message SQS refuses is sent again (after a short pause), then reported and logged by target
+name; the next slot enqueues those targets again.
 """
 
 from __future__ import annotations
@@ -24,8 +33,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zlib
-from collections import defaultdict
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +46,7 @@ from .log import logger
 VERSION = 1
 SEND_BATCH = 10  # SendMessageBatch's entry limit
 SEND_TRIES = 3
+PAUSE_SECONDS = 0.2  # before the 2nd try; doubled before the 3rd
 REASONS = ("schedule", "poll-now")
 
 
@@ -62,17 +72,15 @@ class EnqueueReport:
         return {"fanned_out": self.targets, "messages": self.messages, "not_enqueued": len(self.refused)}
 
 
-def shard_of(name: str, shards: int) -> int:
-    return zlib.crc32(name.encode()) % shards
-
-
 def batches(names: list[str], per_message: int) -> list[list[str]]:
-    """Targets grouped by shard, each shard's names sorted; a shard is one message of about `per_message`."""
-    shards = max(1, math.ceil(len(names) / per_message))
-    grouped: dict[int, list[str]] = defaultdict(list)
-    for name in sorted(set(names)):
-        grouped[shard_of(name, shards)].append(name)
-    return [grouped[shard] for shard in sorted(grouped)]
+    """ceil(n / per_message) batches of sorted names, sizes within one of each other; the same list, the same cut.
+
+    Sorted names keep a member account's regions (`<account>-<region>`) together: one role
+    assumption per account per worker instead of one per region spread over many workers.
+    """
+    unique = sorted(set(names))
+    count = math.ceil(len(unique) / per_message)
+    return [unique[i * len(unique) // count : (i + 1) * len(unique) // count] for i in range(count)]
 
 
 def slot_of(now: datetime, period_seconds: int) -> datetime:
@@ -91,8 +99,8 @@ def body(targets: list[str], reason: str, slot: datetime, now: datetime) -> str:
     )
 
 
-def _group(targets: list[str], shards: int) -> str:
-    return f"shard-{shard_of(targets[0], shards)}-of-{shards}"
+def _group(index: int, count: int) -> str:
+    return f"batch-{index}-of-{count}"
 
 
 def _dedup(reason: str, slot: datetime, targets: list[str]) -> str:
@@ -100,23 +108,29 @@ def _dedup(reason: str, slot: datetime, targets: list[str]) -> str:
 
 
 def enqueue(
-    sqs: Any, queue_url: str, names: list[str], now: datetime, period_seconds: int, per_message: int
+    sqs: Any,
+    queue_url: str,
+    names: list[str],
+    now: datetime,
+    period_seconds: int,
+    per_message: int,
+    *,
+    pause: Callable[[float], object] = time.sleep,
 ) -> EnqueueReport:
-    """One message per shard of targets for this schedule slot; what SQS refuses is named in the report."""
+    """One message per batch of targets for this schedule slot; what SQS refuses is named in the report."""
     slot = slot_of(now, period_seconds)
     groups = batches(names, per_message)
-    shards = max(1, math.ceil(len(set(names)) / per_message))
     entries = {
         str(i): {
             "Id": str(i),
             "MessageBody": body(targets, "schedule", slot, now),
-            "MessageGroupId": _group(targets, shards),
+            "MessageGroupId": _group(i, len(groups)),
             "MessageDeduplicationId": _dedup("schedule", slot, targets),
         }
         for i, targets in enumerate(groups)
     }
     report = EnqueueReport(messages=len(entries), targets=sum(len(g) for g in groups))
-    refused = _send(sqs, queue_url, entries)
+    refused = _send(sqs, queue_url, entries, pause)
     for entry_id, code in refused.items():
         report.refused += groups[int(entry_id)]
         logger.error(
@@ -133,21 +147,25 @@ def send_poll_now(sqs: Any, queue_url: str, target: str, now: datetime, request:
     entry = {
         "Id": "0",
         "MessageBody": body([target], "poll-now", now, now),
-        # Its own group: a vote must not wait behind the target's shard, and a claim keeps two
+        # Its own group: a vote must not wait behind the target's batch, and a claim keeps two
         # pollers of one target from acting twice.
         "MessageGroupId": "poll-now-" + hashlib.sha256(target.encode()).hexdigest()[:32],
         "MessageDeduplicationId": hashlib.sha256(f"poll-now|{target}|{request}|{_iso(now)}".encode()).hexdigest(),
     }
-    refused = _send(sqs, queue_url, {"0": entry})
+    refused = _send(sqs, queue_url, {"0": entry}, time.sleep)
     if refused:
         raise RuntimeError(f"the work queue refused the poll-now message ({refused['0']})")
 
 
-def _send(sqs: Any, queue_url: str, entries: dict[str, dict[str, str]]) -> dict[str, str]:
+def _send(
+    sqs: Any, queue_url: str, entries: dict[str, dict[str, str]], pause: Callable[[float], object]
+) -> dict[str, str]:
     """Send entries 10 at a time, retrying what failed; returns the entry ids still refused, with why."""
     waiting = dict(entries)
     refused: dict[str, str] = {}
-    for _ in range(SEND_TRIES):
+    for attempt in range(SEND_TRIES):
+        if attempt:  # SendMessageBatch's per-entry failures are not retried by botocore
+            pause(PAUSE_SECONDS * 2 ** (attempt - 1))
         refused = {}
         ids = list(waiting)
         for start in range(0, len(ids), SEND_BATCH):
@@ -200,8 +218,8 @@ def parse(text: object) -> Work:
 
 
 def stale(work: Work, now: datetime, period_seconds: int) -> bool:
-    """A schedule message whose next slot has begun: the next message for the same targets is on its way."""
-    return work.reason == "schedule" and now - work.slot >= timedelta(seconds=2 * period_seconds)
+    """A schedule message that waited more than a period: the next slot's message for its targets is queued."""
+    return work.reason == "schedule" and now - work.sent_at > timedelta(seconds=period_seconds)
 
 
 def split_known(work: Work, known: set[str]) -> tuple[list[str], list[str]]:
@@ -224,15 +242,17 @@ def run(
     if stale(work, now, period_seconds):
         logger.warning(
             "stale work message skipped; a later slot polls these targets",
-            extra={"slot": _iso(work.slot), "targets": len(work.targets)},
+            extra={"slot": _iso(work.slot), "sent_at": _iso(work.sent_at), "targets": len(work.targets)},
         )
         return {"skipped": "stale", "slot": _iso(work.slot)}, None
     policy = runtime.policy  # ConfigError here: nothing polled, the invocation fails (and is retried)
     known, unknown = split_known(work, {t.name for t in policy.targets})
+    named: dict[str, Any] = {}
     if unknown:  # names are data from a message: quoted, cut short, a few
         shown = ", ".join(repr(n[:64]) for n in unknown[:5])
         logger.warning("work message names targets the policy no longer has", extra={"unknown": shown})
+        named = {"unknown_targets": [n[:64] for n in unknown[:5]]}
     if not known:
-        return {"skipped": "no known target"}, None
+        return {"skipped": "no known target"} | named, None
     report = reconcile.run_cycle(runtime, targets=known, budget_seconds=budget_seconds, flush_seconds=flush_seconds)
-    return report.summary() | {"reason": work.reason}, report
+    return report.summary() | {"reason": work.reason} | named, report

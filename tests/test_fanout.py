@@ -47,14 +47,16 @@ def names(n: int) -> list[str]:
     return [f"acct-{i:04d}-eu-west-2" for i in range(n)]
 
 
-def test_batches_put_every_target_in_exactly_one_stable_shard():
-    targets = names(1000)
+@pytest.mark.parametrize("count", [1, 9, 10, 11, 999, 1000, 1005])
+def test_batches_are_ceil_n_over_per_message_each_target_in_exactly_one(count):
+    targets = names(count)
     groups = fanout.batches(targets, 10)
     flat = [t for g in groups for t in g]
     assert sorted(flat) == sorted(targets) and len(flat) == len(set(flat))
-    assert len(groups) <= math.ceil(1000 / 10) and max(len(g) for g in groups) < 30
-    again = fanout.batches(list(reversed(targets)), 10)
-    assert again == groups, "the order of the policy's targets does not move a target to another shard"
+    assert len(groups) == math.ceil(count / 10), "one message per 10 targets, not one per hash bucket"
+    assert max(map(len, groups)) <= 10 and max(map(len, groups)) - min(map(len, groups)) <= 1, "no worker gets 2x"
+    again = fanout.batches(list(reversed(targets)) + targets[:3], 10)
+    assert again == groups, "the order of the policy's targets (or a name listed twice) moves no target"
 
 
 def test_a_thousand_targets_are_enqueued_once_per_slot(aws):
@@ -63,7 +65,7 @@ def test_a_thousand_targets_are_enqueued_once_per_slot(aws):
     again = fanout.enqueue(sqs, url, names(1000), NOW + timedelta(seconds=20), 60, 10)  # same slot: a duplicate
     assert first.refused == [] and first.targets == 1000 and again.messages == first.messages
     messages = drain(sqs, url)
-    assert len(messages) == first.messages, "the duplicate invocation enqueued nothing new"
+    assert first.messages == len(messages) == math.ceil(1000 / 10), "the duplicate invocation enqueued nothing new"
     listed = Counter(t for m in messages for t in m["targets"])
     assert set(listed) == set(names(1000)) and set(listed.values()) == {1}
     assert {m["reason"] for m in messages} == {"schedule"} and {m["slot"] for m in messages} == {"2026-11-22T09:00:00Z"}
@@ -90,14 +92,17 @@ class Refusing:
 
 def test_refused_entries_are_sent_again_and_what_stays_refused_is_named(aws, caplog):
     sqs, url = work_queue()
-    flaky = Refusing(sqs, times=3)
-    report = fanout.enqueue(flaky, url, names(40), NOW, 60, 10)
-    assert report.refused == [] and len(drain(sqs, url)) == report.messages
-    down = Refusing(sqs, error="AWS.SimpleQueueService.NonExistentQueue")
-    report = fanout.enqueue(down, url, names(40), NOW, 60, 10)
+    flaky, pauses = Refusing(sqs, times=3), []
+    report = fanout.enqueue(flaky, url, names(40), NOW, 60, 10, pause=pauses.append)
+    assert report.refused == [] and report.messages == 4 and len(drain(sqs, url)) == 4
+    assert flaky.calls == 2 and len(pauses) == 1, "only the refused entries are sent again, after a pause"
+    down, pauses = Refusing(sqs, error="AWS.SimpleQueueService.NonExistentQueue"), []
+    report = fanout.enqueue(down, url, names(40), NOW, 60, 10, pause=pauses.append)
     assert sorted(report.refused) == sorted(names(40)) and report.messages == 0 and report.targets == 0
     assert down.calls == fanout.SEND_TRIES * math.ceil(len(fanout.batches(names(40), 10)) / 10)
-    assert "work message not enqueued" in caplog.text
+    assert len(pauses) == fanout.SEND_TRIES - 1 and sum(pauses) < 2, "the retries fit a scheduled invocation"
+    logged = [r for r in caplog.records if r.getMessage().startswith("work message not enqueued")]
+    assert sorted(t for r in logged for t in r.targets) == sorted(names(40)), "each refused target is named"
 
 
 @pytest.mark.parametrize(
@@ -175,17 +180,42 @@ def test_the_worker_polls_exactly_its_message_targets_and_records_them(prod_stag
     assert ledger.load("osc-lab").vifs and not ledger.load("osc-prod").vifs
 
 
-def test_the_worker_drops_a_malformed_or_stale_message_without_polling(prod_stage):
+def test_a_schedule_message_is_stale_once_its_successor_is_due():
+    slot = fanout.slot_of(NOW, 60)
+
+    def work(reason: str, age: int) -> fanout.Work:
+        return fanout.parse(fanout.body(["a"], reason, slot, NOW - timedelta(seconds=age)))
+
+    assert not fanout.stale(work("schedule", 59), NOW, 60), "sent less than a period ago: its successor is not due"
+    assert fanout.stale(work("schedule", 61), NOW, 60), "older than a period: the next slot's message is queued"
+    assert not fanout.stale(work("poll-now", 3600), NOW, 60), "a vote's poll-now has no successor"
+
+
+def test_the_worker_drops_a_malformed_or_stale_message_without_polling(prod_stage, caplog):
     sb = prod_stage
-    assert "not JSON" in invoke_work(["{not json"])["dropped"]
+    dropped = invoke_work(["{not json"])
+    assert "not JSON" in dropped["dropped"] and dropped["batchItemFailures"] == [], "deleted, never retried"
+    assert "work message dropped" in caplog.text
     old = sb.clock.now() - timedelta(minutes=2)
     assert invoke_work([fanout.body(["osc-lab"], "schedule", old, old)])["skipped"] == "stale"
     poll_now = fanout.body(["osc-lab"], "poll-now", old, old)  # a vote's poll-now is never stale
     assert invoke_work([poll_now])["targets_ok"] == ["osc-lab"]
     assert invoke_work([fanout.body(["osc-gone"], "schedule", sb.clock.now(), sb.clock.now())]) == {
-        "skipped": "no known target"
+        "skipped": "no known target",
+        "unknown_targets": ["osc-gone"],
+        "batchItemFailures": [],
     }
     assert accounts_called(sb) == {scenario.LAB}
+
+
+def test_the_worker_names_unknown_targets_and_still_polls_the_known_ones(prod_stage, caplog):
+    sb = prod_stage
+    body = fanout.body(["osc-gone", "osc-lab"], "schedule", sb.clock.now(), sb.clock.now())
+    summary = invoke_work([body])
+    assert summary["targets_ok"] == ["osc-lab"] and summary["unknown_targets"] == ["osc-gone"]
+    assert summary["batchItemFailures"] == []
+    assert accounts_called(sb) == {scenario.LAB}
+    assert [r.unknown for r in caplog.records if hasattr(r, "unknown")] == ["'osc-gone'"]
 
 
 def test_a_vote_queues_a_poll_now_for_its_target(aws):
