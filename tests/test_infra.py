@@ -94,6 +94,32 @@ def test_the_poll_role_may_assume_only_the_member_role_name():
     assert template["Parameters"]["MemberRoleName"]["Default"] == member_role()["Parameters"]["RoleName"]["Default"]
 
 
+def test_the_work_queue_outlasts_six_work_timeouts_and_sheds_to_an_alarmed_dead_letter_queue():
+    """AWS: an SQS event source's visibility timeout is at least 6x the function's timeout (throttled retries)."""
+    resources = json.loads((ROOT / "infra/template.json").read_text())["Resources"]
+    config = json.loads((ROOT / ".chalice/config.json").read_text())
+    queue = resources["WorkQueue"]["Properties"]
+    assert queue["FifoQueue"] is True and queue["ContentBasedDeduplication"] is False, "dedup ids are ours"
+    for stage, settings in config["stages"].items():
+        work = settings["lambda_functions"]["work"]
+        assert work["iam_policy_file"] == f"policy-work-{stage}.json"
+        timeout = work.get("lambda_timeout", settings.get("lambda_timeout", 60))
+        assert queue["VisibilityTimeout"] >= 6 * timeout, (stage, timeout)
+        assert settings["environment_variables"]["VIFGATE_WORK_QUEUE"] == f"vifgate-{stage}-work.fifo"
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["WorkDeadLetterQueue", "Arn"]}
+    assert 2 <= redrive["maxReceiveCount"] <= 5 and resources["WorkDeadLetterQueue"]["Properties"]["FifoQueue"]
+    alarm = resources["WorkDeadLetterQueueNotEmptyAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["WorkDeadLetterQueue", "QueueName"]}
+    work = resources["Work"]["Properties"]
+    assert work["FunctionName"] == {"Fn::Sub": "vif-gatekeeper-${Stage}-work"}
+    assert work["ReservedConcurrentExecutions"] == {"Ref": "WorkConcurrency"}, "the bound on DirectLink load"
+    assert work["Events"]["WorkSqsEventSource"]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert resources["WorkLogGroup"]["Properties"]["LogGroupName"] == {
+        "Fn::Sub": "/aws/lambda/vif-gatekeeper-${Stage}-work"
+    }
+
+
 # --- Makefile ------------------------------------------------------------------------------------------------------
 
 
