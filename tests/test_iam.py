@@ -483,12 +483,10 @@ def test_every_call_the_api_function_makes_is_granted_by_its_policy(prod_world, 
     assert not refused, f"the API function calls what {policy_file('prod', 'api_handler')} does not grant: {refused}"
 
 
-def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, directlink, monkeypatch):
-    """A poll cycle of the prod stage, targets' keys under vifgate/prod/targets/; DirectLink calls use those keys."""
-    from app import app
+def pollers_world(stage: str) -> None:
+    """The stage's table, queues and config; targets' keys under vifgate/<stage>/targets/."""
     from sandbox.local import create_queues
 
-    stage = "prod"
     sm = boto3.client("secretsmanager")
     create_table(boto3.client("dynamodb"), f"vifgate-{stage}-ledger")
     create_queues(boto3.client("sqs"), f"vifgate-{stage}-events.fifo", f"vifgate-{stage}-events-dlq.fifo")
@@ -501,26 +499,83 @@ def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, di
     boto3.client("ssm").put_parameter(
         Name=f"/vifgate/{stage}/config", Value=config, Type="SecureString", Overwrite=True
     )
+
+
+def refused_calls(calls: list[tuple[str, str, dict]], stage: str, function: str) -> list[tuple[str, str]]:
+    """The (action, resource) pairs of the recorded calls that the function's policy file does not grant."""
+    region = boto3.session.Session().region_name
+    document = resolve(policy(policy_file(stage, function)), stage, region)
+    return [
+        (action, resource)
+        for service, operation, params in calls
+        if service not in ("directconnect", "sts")  # signed with the target's keys, not the function's role
+        for action, resource in needed(service, operation, params, region)
+        if not allowed(document, action, resource)
+    ]
+
+
+def scheduled_event(client) -> dict:
+    return client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+
+
+def test_every_call_the_poll_function_makes_with_its_own_role_is_granted(aws, directlink, monkeypatch):
+    """A poll cycle of the prod stage, targets' keys under vifgate/prod/targets/; DirectLink calls use those keys."""
+    from app import app
+
+    stage = "prod"
+    pollers_world(stage)
     monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
     recorder = CallRecorder()
     recorder.install(monkeypatch)
     recorder.recording = True
     with Client(app, stage_name=stage) as client:
-        event = client.events.generate_cw_event(
-            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
-        )
-        answer = client.lambda_.invoke("poll", event)
+        answer = client.lambda_.invoke("poll", scheduled_event(client))
     recorder.recording = False
     assert answer.payload and not answer.payload.get("errorMessage"), answer.payload
     services = {service for service, _, _ in recorder.calls}
     assert {"dynamodb", "sqs", "secretsmanager", "ssm"} <= services, services
-    region = boto3.session.Session().region_name
-    document = resolve(policy(policy_file(stage, "poll")), stage, region)
-    refused = [
-        (action, resource)
-        for service, operation, params in recorder.calls
-        if service not in ("directconnect", "sts")  # signed with the target's keys, not the function's role
-        for action, resource in needed(service, operation, params, region)
-        if not allowed(document, action, resource)
-    ]
+    refused = refused_calls(recorder.calls, stage, "poll")
     assert not refused, f"the poll function calls what {policy_file(stage, 'poll')} does not grant: {refused}"
+
+
+def test_every_call_of_a_fan_out_and_its_work_functions_is_granted_by_each_own_policy(aws, directlink, monkeypatch):
+    """Past the threshold the schedule enqueues, then each work message is polled: each function with its own role."""
+    from aws_lambda_powertools.utilities import parameters
+
+    from app import app
+    from chalicelib import runtime
+
+    stage = "prod"
+    pollers_world(stage)
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
+    monkeypatch.setenv("VIFGATE_FANOUT_ABOVE", "1")
+    monkeypatch.setenv("VIFGATE_TARGETS_PER_MESSAGE", "2")
+    recorder = CallRecorder()
+    recorder.install(monkeypatch)
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName=f"vifgate-{stage}-work.fifo")["QueueUrl"]
+    with Client(app, stage_name=stage) as client:
+        recorder.recording = True
+        answer = client.lambda_.invoke("poll", scheduled_event(client)).payload
+        recorder.recording = False
+        assert answer["fanned_out"] == 3 and answer["messages"] == 2 and answer["not_enqueued"] == 0, answer
+        poll_calls, recorder.calls = recorder.calls, []
+        bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+        polled = []
+        # Another function is another process: nothing cached, not even the policy document.
+        monkeypatch.setattr(runtime, "_cached", None)
+        parameters.clear_caches()
+        parameters.base.DEFAULT_PROVIDERS.clear()
+        recorder.recording = True
+        for body in bodies:  # the event source hands each message to a work function
+            event = client.events.generate_sqs_event(queue_name=f"vifgate-{stage}-work.fifo", message_bodies=[body])
+            polled += client.lambda_.invoke("work", event).payload["targets_ok"]
+        recorder.recording = False
+    assert sorted(polled) == ["osc-lab", "osc-prod", "osc-staging"]
+    assert ("sqs", "SendMessageBatch") in {(s, o) for s, o, _ in poll_calls}
+    assert not {s for s, _, _ in poll_calls} & {"directconnect", "sts"}, "the scheduled function polled nothing"
+    refused = refused_calls(poll_calls, stage, "poll")
+    assert not refused, f"the fan-out calls what {policy_file(stage, 'poll')} does not grant: {refused}"
+    assert {"dynamodb", "sqs", "secretsmanager", "ssm"} <= {s for s, _, _ in recorder.calls}
+    refused = refused_calls(recorder.calls, stage, "work")
+    assert not refused, f"the work function calls what {policy_file(stage, 'work')} does not grant: {refused}"
