@@ -1,6 +1,10 @@
-"""An approval's poll-now: the poll function, invoked with the targets to poll, polls those and no others."""
+"""An approval's poll-now: a work message for the work function (deployed), or a poll event for the poll function; only the named targets are polled."""
 
 from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
 
 import boto3
 import chalice.local
@@ -10,12 +14,15 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import reconcile
+from chalicelib.approvals import tokens
 from chalicelib.approvals.trigger import POLL_NOW_SOURCE, poll_now_event
 from chalicelib.config import parse_policy
 from chalicelib.ledger import create_table
 from sandbox import scenario
 from sandbox.local import create_queues
 from tests.test_app import StageTimeoutContext
+from tests.test_iam import SIGNING_KEY
+from tests.test_iam import prod_world as prod_world  # a fixture: the prod stage after one cycle asked for approvals
 
 POLICY = parse_policy(scenario.CONFIG)
 
@@ -106,3 +113,33 @@ def test_poll_now_targets_refuses_with_a_short_reason(detail, message):
     with pytest.raises(ValueError) as refused:
         reconcile.poll_now_targets(detail, POLICY)
     assert str(refused.value) == message
+
+
+def test_a_vote_through_the_api_lands_on_the_work_queue_and_a_work_function_carries_it_out(prod_world, directlink):
+    """The route answers at once; the poll-now is a work message; the worker polls that target alone and confirms."""
+    app_, pending = prod_world
+    sb = directlink
+    lab = pending["lab-bench"]
+    link = tokens.mint_link(SIGNING_KEY, lab.request_id, "alice", datetime.now(UTC) + timedelta(hours=1))
+    before = len(sb.calls)
+    with Client(app_, stage_name="prod") as client:
+        answer = client.http.post(
+            f"/approvals/link/{link}",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urlencode({"action": "approve"}).encode(),
+        )
+        assert answer.status_code == 200, answer.body[:300]
+        assert sb.calls[before:] == [], "the API function polls nothing itself"
+        sqs = boto3.client("sqs")
+        url = sqs.get_queue_url(QueueName="vifgate-prod-work.fifo")["QueueUrl"]
+        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+        assert [(json.loads(m["Body"])["reason"], json.loads(m["Body"])["targets"]) for m in messages] == [
+            ("poll-now", ["osc-lab"])
+        ]
+        event = client.events.generate_sqs_event(
+            queue_name="vifgate-prod-work.fifo", message_bodies=[messages[0]["Body"]]
+        )
+        summary = client.lambda_.invoke("work", event).payload
+    assert summary["reason"] == "poll-now" and summary["targets_ok"] == ["osc-lab"], summary
+    assert {account for _op, account in sb.calls[before:]} == {scenario.LAB}, "that target and no other"
+    assert ("ConfirmPrivateVirtualInterface", scenario.LAB) in sb.calls[before:], "the approved VIF is confirmed"
