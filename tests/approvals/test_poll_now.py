@@ -1,4 +1,4 @@
-"""An approval's poll-now: a work message for the work function (deployed), or a poll event for the poll function; only the named targets are polled."""
+"""An approval's poll-now polls only the targets it names: as a work message (deployed) or a poll event."""
 
 from __future__ import annotations
 
