@@ -15,6 +15,7 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import fanout
+from chalicelib.config import ConfigError
 from chalicelib.ledger import Ledger, create_table
 from chalicelib.runtime import Runtime, Settings
 from sandbox import scenario
@@ -216,6 +217,16 @@ def test_the_worker_names_unknown_targets_and_still_polls_the_known_ones(prod_st
     assert summary["batchItemFailures"] == []
     assert accounts_called(sb) == {scenario.LAB}
     assert [r.unknown for r in caplog.records if hasattr(r, "unknown")] == ["'osc-gone'"]
+
+
+def test_an_invalid_policy_fails_the_work_invocation_so_the_message_is_retried(prod_stage):
+    sb = prod_stage
+    boto3.client("ssm").put_parameter(
+        Name="/vifgate/prod/config", Value="targets: [", Type="SecureString", Overwrite=True
+    )
+    with pytest.raises(ConfigError):
+        invoke_work([fanout.body(["osc-lab"], "schedule", sb.clock.now(), sb.clock.now())])
+    assert sb.calls == [], "nothing polled"
 
 
 def test_a_vote_queues_a_poll_now_for_its_target(aws):

@@ -111,6 +111,11 @@ def test_the_work_queue_outlasts_six_work_timeouts_and_sheds_to_an_alarmed_dead_
     assert 2 <= redrive["maxReceiveCount"] <= 5 and resources["WorkDeadLetterQueue"]["Properties"]["FifoQueue"]
     alarm = resources["WorkDeadLetterQueueNotEmptyAlarm"]["Properties"]
     assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["WorkDeadLetterQueue", "QueueName"]}
+    # A failed schedule message comes back after the visibility timeout stale, and is dropped: it never
+    # reaches the DLQ, so a worker that raises is alarmed on its errors.
+    errors = resources["WorkErrorsAlarm"]["Properties"]
+    assert (errors["Namespace"], errors["MetricName"], errors["Threshold"]) == ("AWS/Lambda", "Errors", 1)
+    assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Fn::Sub": "vif-gatekeeper-${Stage}-work"}}]
     work = resources["Work"]["Properties"]
     assert work["FunctionName"] == {"Fn::Sub": "vif-gatekeeper-${Stage}-work"}
     assert work["ReservedConcurrentExecutions"] == {"Ref": "WorkConcurrency"}, "the bound on DirectLink load"

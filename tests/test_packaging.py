@@ -198,6 +198,7 @@ def test_appconfig_validator_is_the_committed_schema_and_alarms_exist(template):
         "NoSuccessfulCycleAlarm",
         "VifNearDeadlineUndecidedAlarm",
         "WorkDeadLetterQueueNotEmptyAlarm",
+        "WorkErrorsAlarm",
     }
     assert resources["NoSuccessfulCycleAlarm"]["Properties"]["TreatMissingData"] == "breaching"
     (monitor,) = resources["PolicyEnvironment"]["Properties"]["Monitors"]
