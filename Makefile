@@ -14,7 +14,7 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test lint browser sandbox bench bench-memory faults clean package deploy destroy
+.PHONY: help setup demo test lint browser sandbox bench bench-fanout bench-memory faults clean package deploy destroy
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
@@ -22,7 +22,8 @@ help:
 	@echo "make lint     ruff check, ruff format --check and mypy only"
 	@echo "make browser  install Debian's chromium for the link page test, when missing and root"
 	@echo "make sandbox  start the DirectLink sandbox + AWS emulator; writes .vifgate-sandbox.env to source"
-	@echo "make bench    time a poll cycle over 8 targets, sequential vs concurrent"
+	@echo "make bench    a steady cycle, 200 targets x 25 VIFs, vs its floor and a naive loop; calls per idle cycle (~5 min)"
+	@echo "make bench-fanout  the fan-out at 100/1,000/5,000 targets and the workers and memory a 1-minute schedule needs"
 	@echo "make bench-memory  peak memory and CPU of a cycle over 10/100/200 targets, old vs current"
 	@echo "make faults   kill the poller at four points of a confirm, break answers; count what survives"
 	@echo "make package STAGE=dev|prod [REGION=eu-west-1]  chalice package + infra template into build/<stage>/, cfn-lint"
@@ -80,7 +81,10 @@ faults: $(STAMP)
 	$(PY) bench/fault_run.py
 
 bench: $(STAMP)
-	$(PY) bench/poll_cycle.py
+	$(PY) bench/scale.py
+
+bench-fanout: $(STAMP)
+	$(PY) bench/fanout_sim.py
 
 bench-memory: $(STAMP)
 	$(PY) bench/memory.py
