@@ -4,8 +4,8 @@ import os
 
 from chalice import Chalice, ConvertToMiddleware, Rate, Response
 
+from chalicelib import fanout, reconcile, runtime
 from chalicelib import metrics as telemetry
-from chalicelib import reconcile, runtime
 from chalicelib.approvals.trigger import POLL_NOW_SOURCE
 from chalicelib.config import ConfigError
 from chalicelib.log import logger
@@ -43,8 +43,10 @@ def poll(event):
                 logger.error("poll-now event refused: nothing polled", extra={"error": str(exc)})
                 telemetry.record_no_cycle(telemetry.metrics)
                 return {"polled": [], "refused": str(exc)}
-        if targets is None and fanout_wanted(current):
-            return fan_out(current, remaining - 1)
+        if targets is None and fanout.wanted(current):
+            summary = fanout.fan_out(current, POLL_MINUTES * 60, budget_seconds=remaining - 1)
+            telemetry.record_no_cycle(telemetry.metrics)  # the cycles are the work functions' (one blob each)
+            return summary
         report = reconcile.run_cycle(
             current, budget_seconds=remaining - flush - 1, flush_seconds=flush, targets=targets
         )
@@ -57,37 +59,11 @@ def poll(event):
         raise
 
 
-def fanout_wanted(current) -> bool:
-    settings = current.settings
-    return bool(settings.work_queue) and len(current.policy.targets) > settings.fanout_above
-
-
-def fan_out(current, budget: float) -> dict:
-    """Enqueue every target for the `work` function, then send what the outbox holds with the time left."""
-    from chalicelib import fanout
-
-    sqs = current.sqs
-    queued = fanout.enqueue(
-        sqs,
-        current.queue_url(current.settings.work_queue),
-        [t.name for t in current.policy.targets],
-        current.clock(),
-        POLL_MINUTES * 60,
-        current.settings.targets_per_message,
-    )
-    delivery = reconcile.flush_outbox(current, budget)
-    logger.info("targets fanned out", extra=queued.summary())
-    telemetry.record_no_cycle(telemetry.metrics)  # the cycles are the work functions' (one blob each)
-    return queued.summary() | ({"events_sent": delivery.sent, "events_pending": delivery.pending} if delivery else {})
-
-
 # Each message names a batch of targets (chalicelib/fanout.py); its cycle is an ordinary one. A message
 # that is not ours, stale or polled is done (deleted): infra/template.json turns on ReportBatchItemFailures
 # here too, and the answer says "no failed item" in so many words; only an exception retries it.
 @app.on_sqs_message(queue=WORK_QUEUE, batch_size=1, name="work")
 def work(event):
-    from chalicelib import fanout
-
     remaining = event.context.get_remaining_time_in_millis() / 1000
     flush = min(FLUSH_RESERVE_SECONDS, remaining / 4)
     current = runtime.get()

@@ -227,6 +227,30 @@ def split_known(work: Work, known: set[str]) -> tuple[list[str], list[str]]:
     return [t for t in work.targets if t in known], [t for t in work.targets if t not in known]
 
 
+def wanted(runtime: Any) -> bool:
+    """Whether the scheduled function enqueues instead of polling: a work queue, and more targets than the threshold."""
+    settings = runtime.settings
+    return bool(settings.work_queue) and len(runtime.policy.targets) > settings.fanout_above
+
+
+def fan_out(runtime: Any, period_seconds: int, *, budget_seconds: float) -> dict:
+    """Enqueue every target for the `work` function, then send what the outbox holds with the time left."""
+    from . import reconcile
+
+    queued = enqueue(
+        runtime.sqs,
+        runtime.queue_url(runtime.settings.work_queue),
+        [t.name for t in runtime.policy.targets],
+        runtime.clock(),
+        period_seconds,
+        runtime.settings.targets_per_message,
+    )
+    delivery = reconcile.flush_outbox(runtime, budget_seconds)
+    logger.info("targets fanned out", extra=queued.summary())
+    sent = {"events_sent": delivery.sent, "events_pending": delivery.pending} if delivery else {}
+    return queued.summary() | sent
+
+
 def run(
     runtime: Any, text: object, period_seconds: int, *, budget_seconds: float, flush_seconds: float
 ) -> tuple[dict, Any]:
