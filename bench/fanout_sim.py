@@ -261,7 +261,7 @@ def main() -> None:
 
     memory.free_port_check()
     started = time.perf_counter()
-    ca_mb = ca_bundle_mb()  # first: the parent holds nothing else yet
+    ca_mb, ca_cpu = tls_costs()  # first: the parent holds nothing else yet
     print(
         f"fan-out simulation: {args.vifs} VIFs per target (all confirmed: idle), {args.latency_ms} ms per DirectLink "
         f"request, {PER_MESSAGE} targets per message, {args.workers} worker processes of {THREADS} threads; "
@@ -272,7 +272,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         results += simulate(size, args)
     growth(results)
-    plan = sizing(results, args.latency_ms, ca_mb)
+    plan = sizing(results, args.latency_ms, ca_mb, ca_cpu)
     if args.json:
         print(json.dumps({"runs": results, "sizing": plan}))
     print(f"done in {time.perf_counter() - started:.0f}s")
@@ -298,11 +298,13 @@ def growth(results: list[dict]) -> None:
         print(f"  {r['targets']:>7} | " + " | ".join(f"{c:<15}" for c in cells))
 
 
-def ca_bundle_mb(clients: int = 100) -> float:
-    """RSS a DirectLink client adds in AWS beyond what the plain-HTTP sandbox shows: its TLS context's CA bundle.
+def tls_costs(clients: int = 100) -> tuple[float, float]:
+    """What each DirectLink client costs in AWS beyond the plain-HTTP sandbox: MB held, CPU seconds per new connection.
 
-    botocore gives every client its own urllib3 pool manager and SSL context, and urllib3 loads the
-    CA bundle into that context on its first HTTPS connection. Measured here as botocore would do it.
+    botocore gives every client its own urllib3 pool manager and SSL context and sets the CA bundle's
+    path on each connection, and urllib3 loads that bundle into the context on every new HTTPS
+    connection (urllib3 issue #3623, botocore issue #3171). Measured here as they do it: the RSS the
+    first load adds to a client's context, and the CPU of a load.
     """
     import boto3
     from botocore.httpsession import get_cert_path
@@ -311,19 +313,23 @@ def ca_bundle_mb(clients: int = 100) -> float:
     built = [
         session.client("directconnect", aws_access_key_id=f"k{i}", aws_secret_access_key="s") for i in range(clients)
     ]
-    before = memory._status_kb("VmRSS")
+    contexts = [c._endpoint.http_session._manager.connection_pool_kw["ssl_context"] for c in built]  # type: ignore[attr-defined]
     bundle = get_cert_path(True)
-    for client in built:
-        client._endpoint.http_session._manager.connection_pool_kw["ssl_context"].load_verify_locations(bundle)  # type: ignore[attr-defined]
-    return (memory._status_kb("VmRSS") - before) / 1024 / clients
+    before, began = memory._status_kb("VmRSS"), scale.cpu()
+    for context in contexts:
+        context.load_verify_locations(bundle)
+    return (memory._status_kb("VmRSS") - before) / 1024 / clients, (scale.cpu() - began) / clients
 
 
-def sizing(results: list[dict], latency_ms: int, ca_mb: float) -> list[dict]:
+def sizing(results: list[dict], latency_ms: int, ca_mb: float, ca_cpu: float) -> list[dict]:
     """WorkConcurrency and memory for a 1-minute schedule, modeled from measured CPU and RSS and AWS's latencies.
 
     Per message of PER_MESSAGE targets over THREADS threads, at a memory size M:
-      CPU      = CPU per target (warm, the worst size measured) x PER_MESSAGE x max(1, 1769 / M)
-                 (Lambda's share of a vCPU below 1,769 MB; Python's threads use one vCPU at most),
+      CPU      = (CPU per target (warm, the worst size measured) + one CA bundle load) x PER_MESSAGE
+                 x max(1, 1769 / M) (Lambda's share of a vCPU below 1,769 MB; Python's threads use one
+                 vCPU at most). The load is a new TLS connection per target per cycle: the worst case,
+                 an endpoint that closed the connection while it sat idle for the minute; the sandbox
+                 speaks plain HTTP, so the measured CPU has none;
       waiting  = ceil(PER_MESSAGE / THREADS) waves x (DirectLink calls per target x the latency
                  + DynamoDB calls per target x 10 ms), the waits of one wave overlapping,
       duration = CPU + waiting (no overlap counted: headroom);
@@ -333,13 +339,14 @@ def sizing(results: list[dict], latency_ms: int, ca_mb: float) -> list[dict]:
     Memory: an instance's RSS when ready (imports, the policy) plus a held client per target: any
     batch may reach any instance and the client cache keeps every target it has seen, so a warm
     instance ends up holding them all. A held client is what the cold-to-warm round added per new
-    client at the largest size, plus its TLS context's CA bundle in AWS (ca_bundle_mb). The memory
+    client at the largest size, plus its TLS context's CA bundle in AWS (tls_costs). The memory
     size must hold 1.25x that.
     """
     warm = [r for r in results if r["round"] == "warm"]
     if not warm:
         return []
-    cpu = max(r["cpu"] / r["targets"] for r in warm)
+    measured_cpu = max(r["cpu"] / r["targets"] for r in warm)
+    cpu = measured_cpu + ca_cpu
     dl = max(r["directlink_calls"] / r["targets"] for r in warm)
     ddb = max(r["dynamodb_calls"] / r["targets"] for r in warm)
     small, big = warm[0], max(warm, key=lambda r: r["targets"])
@@ -354,7 +361,8 @@ def sizing(results: list[dict], latency_ms: int, ca_mb: float) -> list[dict]:
     waves = math.ceil(PER_MESSAGE / THREADS)
     chain = dl * latency_ms / 1000 + ddb * DYNAMODB_S
     print(
-        f"sizing, 1-minute schedule (warm, worst size): {cpu * 1000:.1f} ms CPU per target on a full core; "
+        f"sizing, 1-minute schedule (warm, worst size): {cpu * 1000:.1f} ms CPU per target on a full core "
+        f"({measured_cpu * 1000:.1f} measured + {ca_cpu * 1000:.1f} loading the CA bundle for a new TLS connection); "
         f"{dl:.2f} DirectLink calls x {latency_ms} ms + {ddb:.2f} DynamoDB calls x {DYNAMODB_S * 1000:.0f} ms = "
         f"{chain * 1000:.0f} ms waiting per target, {waves} waves of {THREADS} threads per message of {PER_MESSAGE}; "
         f"RSS {big['ready_mb']:.0f} MB ready at {big['targets']} targets ({ready_growth * 1024:.1f} KB per target "
