@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import events, publish, transitions
-from .approvals import model
+from .approvals import model, service
 from .approvals.model import ApprovalRequest
 from .config import Policy, Target
 from .directlink import DirectLinkApi, TargetError
@@ -503,7 +503,7 @@ def _needs_gateways(vif: VirtualInterface, record: VifRecord | None, policy: Pol
     if vif.state != CONFIRMING:
         return False
     request = record.approval if record else None
-    if request is not None:
+    if request is not None and record is not None and not _replaced(request, record, policy):
         return request.status == "approved"
     # The gateways cannot change whether an ask rule or the default action asks, nor who approves.
     decision = decide(vif, {}, policy, target)
@@ -534,7 +534,10 @@ def _ask(
     Returns the action, its reason, the decision to report, and a request to save with the record.
     """
     entry = sighting.entry
-    request = entry.approval
+    request = _restate(run, sighting, vif, entry.approval, now)
+    previous = None
+    if request is not None and model.reopens(request, entry.seen_since or entry.first_seen_at):
+        previous, request = request, None  # closed while the VIF still waits: people are asked again
     if request is None:
         if not decision.approvers:  # notify-only, as before approvals existed
             if not entry.approval_requested_at:
@@ -557,11 +560,14 @@ def _ask(
             approvers=decision.approvers,
             min_approvals=decision.min_approvals,
             rule=decision.rule,
+            replaces=previous,
         )
         if not run.mode.records:  # vifgate check: nothing is written, so nobody is asked yet
             return "ask", f"{decision.reason}; would ask {', '.join(request.approvers)} to approve", decision, None
-        transitions.approval_requested(sighting, vif, now, decision, request)
         asked = f"approval request {request.request_id} for {', '.join(request.approvers)}"
+        if previous is not None:
+            return _reopen(run, sighting, vif, decision, previous, request, f"{decision.reason}; {asked}")
+        transitions.approval_requested(sighting, vif, now, decision, request)
         return "ask", f"{decision.reason}; {asked}", decision, request
     if request.status in ("approved", "rejected"):
         action, reason, shown = _carry_out(run, sighting, vif, request, gateways)
@@ -569,6 +575,72 @@ def _ask(
     if request.status == "pending":
         return "ask", f"{decision.reason}; {request.progress()}", decision, None
     return "ask", f"{decision.reason}; approval request {request.request_id} {request.status}", decision, None
+
+
+def _replaced(request: ApprovalRequest, record: VifRecord, policy: Policy) -> bool:
+    """The request gives way to a new one: it is closed, or it was asked under another policy (R2)."""
+    if model.reopens(request, record.seen_since or record.first_seen_at):
+        return True
+    return request.status != "expired" and service.stale(request, service.current_decision(policy, record)) is not None
+
+
+def _restate(
+    run: TargetRun,
+    sighting: transitions.Sighting,
+    vif: VirtualInterface,
+    request: ApprovalRequest | None,
+    now: datetime,
+) -> ApprovalRequest | None:
+    """The VIF's request, superseded first when the policy of now asks other people, or another number of them.
+
+    Checked before a vote is carried out too: an approval counts only under the policy that asked for it.
+    """
+    if request is None or request.status not in ("pending", "approved", "rejected") or not run.mode.records:
+        return request
+    why = service.stale(request, service.current_decision(run.policy, sighting.entry))
+    after = model.supersede(request, now, why, decided=True) if why else None
+    if why is None or after is None:
+        return request
+    after = replace(after, version=request.version + 1)  # as the write leaves it: a new request follows on
+    event = sighting.build(
+        "vif.approval_superseded",
+        now,
+        vif,
+        facts=(request.request_id,),
+        why=why,
+        request_id=after.request_id,
+        approvals=list(after.approvals),
+        min_approvals=after.min_approvals,
+        status=after.status,
+    )
+    run.change_approval(sighting, transitions.ApprovalChange(request, after, event))
+    return sighting.entry.approval  # superseded, or as it was when a vote wrote first (the next cycle looks again)
+
+
+def _reopen(
+    run: TargetRun,
+    sighting: transitions.Sighting,
+    vif: VirtualInterface,
+    decision: Ask,
+    previous: ApprovalRequest,
+    request: ApprovalRequest,
+    reason: str,
+) -> tuple[str, str, Decision, ApprovalRequest | None]:
+    """Put a new request in place of a closed one, with its ask, in one conditional write (save() only creates)."""
+    entry = sighting.entry
+    queued, emitted = len(sighting.events), len(sighting.emitted)
+    transitions.approval_requested(sighting, vif, run.now(), decision, request)
+    asked = sighting.events[queued:]
+    del sighting.events[queued:]  # written with the request below, not with the record
+    run.in_time(f"opening a new approval request for {entry.vif_id}")
+    try:
+        run.runtime.ledger.replace_approval(previous, request, asked)
+    except ApprovalChanged:
+        # Another poller opened it first (the same id), or the item moved on: the next cycle reads it.
+        del sighting.emitted[emitted:]
+        entry.approval = previous
+        return "ask", f"{decision.reason}; approval request {previous.request_id} {previous.status}", decision, None
+    return "ask", reason, decision, None
 
 
 def _carry_out(

@@ -18,6 +18,10 @@ VOTES = ("approve", "reject")
 # Without a known deadline a request still lapses: a forgotten request must not stay answerable forever.
 DEFAULT_EXPIRY = timedelta(days=7)
 NO_GATEWAY = "no available gateway to confirm with; confirm by hand or add one to the rule"
+# Mattermost does not sign its requests: the user id of a click is whatever the body says, so whoever
+# holds a button's token can claim to be any approver. Such a vote carries the weight of one person
+# at most: one per request, and a veto only where one approval would decide too (min_approvals 1).
+UNVERIFIED_CHANNELS = ("mattermost",)
 
 
 def _iso(moment: datetime) -> str:
@@ -151,10 +155,13 @@ class ApprovalRequest:
         )
 
 
-def request_id(target: str, vif_id: str, spell: str) -> str:
-    """Deterministic: the same VIF in the same spell of `confirming` always gets the same request."""
-    digest = hashlib.sha256(f"{target}|{vif_id}|{spell}".encode()).hexdigest()
-    return "apr-" + digest[:20]
+def request_id(target: str, vif_id: str, spell: str, replaces: str | None = None) -> str:
+    """Deterministic: the same VIF in the same spell of `confirming` always gets the same request.
+
+    A request opened in place of a closed one (`replaces`) gets another id, the same for every poller.
+    """
+    seed = f"{target}|{vif_id}|{spell}" + (f"|{replaces}" if replaces else "")
+    return "apr-" + hashlib.sha256(seed.encode()).hexdigest()[:20]
 
 
 def new_request(
@@ -168,8 +175,12 @@ def new_request(
     approvers: Iterable[str],
     min_approvals: int,
     rule: str | None,
+    replaces: ApprovalRequest | None = None,
 ) -> ApprovalRequest:
-    """A pending request; it expires at the VIF's deadline (never later), or after 7 days without one."""
+    """A pending request; it expires at the VIF's deadline (never later), or after 7 days without one.
+
+    `replaces`: the closed request this one takes the place of in the VIF's item (its version follows on).
+    """
     approvers = tuple(dict.fromkeys(approvers))
     if not approvers:
         raise ValueError("an approval request needs at least one approver")
@@ -179,7 +190,7 @@ def new_request(
     if deadline:
         expires = min(expires, _parse(deadline))
     return ApprovalRequest(
-        request_id=request_id(target, vif_id, spell),
+        request_id=request_id(target, vif_id, spell, replaces.request_id if replaces else None),
         target=target,
         vif_id=vif_id,
         created_at=_iso(now),
@@ -188,7 +199,27 @@ def new_request(
         approvers=approvers,
         min_approvals=min_approvals,
         rule=rule,
+        version=replaces.version + 1 if replaces else 0,
     )
+
+
+def differs(request: ApprovalRequest, approvers: Iterable[str], min_approvals: int, rule: str | None) -> str | None:
+    """How the policy's ask of now differs from the one the request was opened for; None when it does not."""
+    now_approvers = tuple(dict.fromkeys(approvers))
+    if set(now_approvers) != set(request.approvers):
+        return f"the policy changed: approvers are now {_names(now_approvers) or 'nobody'}"
+    if min_approvals != request.min_approvals:
+        return f"the policy changed: {min_approvals} approvals are now needed, not {request.min_approvals}"
+    if rule != request.rule:
+        return f"the policy changed: rule {rule or 'default_action'} asks now, not {request.rule or 'default_action'}"
+    return None
+
+
+def reopens(request: ApprovalRequest, spell: str | None) -> bool:
+    """Whether a closed request gives way to a new one: superseded, or expired in an earlier spell of the VIF."""
+    if request.status == "superseded":
+        return True
+    return request.status == "expired" and spell is not None and _parse(spell) > _parse(request.created_at)
 
 
 def _closed(request: ApprovalRequest) -> Refused:
@@ -244,6 +275,8 @@ def cast_vote(
     earlier = next((v for v in request.votes if v.approver == approver), None)
     if earlier is not None:
         raise Refused(409, f"{approver} already voted on this request ({earlier.vote})")
+    if channel in UNVERIFIED_CHANNELS:
+        _unverified(request, channel, vote)
     at = _iso(now)
     if vote == "reject":
         chosen = None
@@ -268,6 +301,23 @@ def cast_vote(
     )
 
 
+def _unverified(request: ApprovalRequest, channel: str, vote: str) -> None:
+    """Refuse what a click that names no verified person may not do (see UNVERIFIED_CHANNELS)."""
+    other = next((v for v in request.votes if v.channel in UNVERIFIED_CHANNELS), None)
+    if other is not None:
+        raise Refused(
+            409,
+            f"{other.approver} already voted from {other.channel.capitalize()}; a request counts one vote from "
+            "Mattermost, the others come from Slack, a signed link or the CLI",
+        )
+    if vote == "reject" and request.min_approvals > 1:
+        raise Refused(
+            403,
+            f"a request that needs {request.min_approvals} approvals cannot be rejected from "
+            f"{channel.capitalize()}; reject it from Slack, your signed link or the CLI",
+        )
+
+
 def expire(request: ApprovalRequest, now: datetime) -> ApprovalRequest | None:
     """The request marked expired once now ≥ its expires_at; None when it is not due or not pending."""
     if request.status != "pending" or now < _parse(request.expires_at):
@@ -277,12 +327,17 @@ def expire(request: ApprovalRequest, now: datetime) -> ApprovalRequest | None:
     return replace(request, status="expired", trail=(*request.trail, entry), decided_at=at)
 
 
-def supersede(request: ApprovalRequest, now: datetime, why: str) -> ApprovalRequest | None:
-    """The request set aside because the VIF left its hands (`why` says how); None when it is not pending."""
-    if request.status != "pending":
+def supersede(
+    request: ApprovalRequest, now: datetime, why: str, *, decided: bool = False, who: str = "poller"
+) -> ApprovalRequest | None:
+    """The request set aside because the VIF left its hands (`why` says how); None when it is not pending.
+
+    With `decided`, an approved or rejected request not yet carried out is set aside too (the policy changed).
+    """
+    if request.status not in (("pending", "approved", "rejected") if decided else ("pending",)):
         return None
     at = _iso(now)
     entry = TrailEntry(
-        at=at, who="poller", user_id=None, channel=None, what="supersede", gateway=None, outcome=f"superseded: {why}"
+        at=at, who=who, user_id=None, channel=None, what="supersede", gateway=None, outcome=f"superseded: {why}"
     )
     return replace(request, status="superseded", trail=(*request.trail, entry), decided_at=at)

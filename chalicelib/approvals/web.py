@@ -188,18 +188,23 @@ def _record(
     gateway: str | None,
 ) -> tuple[service.VoteResult, str | None]:
     """Record one vote, then trigger the poller when it decided the request; with a note when that failed."""
-    result = service.record_vote(
-        runtime.ledger,
-        runtime.policy,
-        request_id,
-        approver=approver,
-        user_id=user_id,
-        channel=channel,
-        vote=vote,
-        gateway=gateway,
-        clock=runtime.clock,
-        publishing=runtime.publishing,
-    )
+    try:
+        result = service.record_vote(
+            runtime.ledger,
+            runtime.policy,
+            request_id,
+            approver=approver,
+            user_id=user_id,
+            channel=channel,
+            vote=vote,
+            gateway=gateway,
+            clock=runtime.clock,
+            publishing=runtime.publishing,
+        )
+    except service.PolicyChanged as changed:
+        # Superseded under the policy of now: the poller opens its successor (and says so in chat) at once.
+        _trigger(runtime, changed.request.target)
+        raise
     request = result.request
     logger.info(
         "approval vote recorded",

@@ -9,12 +9,13 @@ would delete a VIF's record once the request lapsed.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from ..approvals.model import ApprovalRequest
-from .base import LedgerBase, _outbox_item, _refused_item, _ser
+from .base import LedgerBase, _outbox_item, _refused_item, _ser, iso
 from .records import APPROVAL_ITEM, VifRecord, approval_from_item
 
 CONFIRMING = "confirming"
@@ -64,14 +65,51 @@ class Approvals(LedgerBase):
         events: Iterable = (),
         *,
         require_confirming: bool,
+        now: datetime | None = None,
     ) -> None:
         """Write `after` over `before` with its events, all or nothing; ApprovalChanged if the item moved on.
 
         The condition is the version read: two writers at once cannot both succeed. With
-        `require_confirming` (a vote) the VIF must also still wait in `confirming`, undecided.
+        `require_confirming` (a vote) the VIF must also still wait in `confirming`, undecided, and
+        (given `now`) with no live claim: a rule's confirm or delete may be under way at that instant.
         """
         if (before.request_id, before.target, before.vif_id) != (after.request_id, after.target, after.vif_id):
             raise ValueError("update_approval changes one request, not another")
+        self._transact(before, after, events, require_confirming=require_confirming, now=now)
+
+    def replace_approval(self, before: ApprovalRequest, after: ApprovalRequest, events: Iterable = ()) -> None:
+        """Put a new request in the place of a closed one, with its pointer and events; ApprovalChanged if it moved on.
+
+        Conditional on the closed request's id and version: two pollers opening the same new request
+        write it once, and a stale one can never put back a request that was already replaced.
+        """
+        if before.status not in ("superseded", "expired"):
+            raise ValueError(f"approval request {before.request_id} is {before.status}: only a closed one is replaced")
+        if (before.target, before.vif_id) != (after.target, after.vif_id) or before.request_id == after.request_id:
+            raise ValueError("replace_approval puts another request of the same VIF in place")
+        pointer = {
+            "TableName": self.table,
+            "Key": {"target": {"S": APPROVAL_ITEM}, "vif_id": {"S": after.request_id}},
+            "UpdateExpression": "SET vif_target = :target, vif = :vif, created_at = :created, request_status = :status",
+            "ExpressionAttributeValues": {
+                ":target": {"S": after.target},
+                ":vif": {"S": after.vif_id},
+                ":created": {"S": after.created_at},
+                ":status": {"S": after.status},
+            },
+        }
+        self._transact(before, after, events, require_confirming=False, now=None, pointer=pointer)
+
+    def _transact(
+        self,
+        before: ApprovalRequest,
+        after: ApprovalRequest,
+        events: Iterable,
+        *,
+        require_confirming: bool,
+        now: datetime | None,
+        pointer: dict[str, Any] | None = None,
+    ) -> None:
         condition = "approval_version = :version AND approval.request_id = :rid"
         names: dict[str, str] = {}
         values: dict[str, Any] = {
@@ -86,6 +124,9 @@ class Approvals(LedgerBase):
             )
             names["#state"] = "state"
             values[":confirming"] = {"S": CONFIRMING}
+            if now is not None:
+                condition += " AND (attribute_not_exists(claim_until) OR claim_until < :now)"
+                values[":now"] = {"S": iso(now)}
         update: dict[str, Any] = {
             "TableName": self.table,
             "Key": {"target": {"S": before.target}, "vif_id": {"S": before.vif_id}},
@@ -96,7 +137,7 @@ class Approvals(LedgerBase):
         }
         if names:
             update["ExpressionAttributeNames"] = names
-        pointer = {
+        pointer = pointer or {
             "TableName": self.table,
             "Key": {"target": {"S": APPROVAL_ITEM}, "vif_id": {"S": before.request_id}},
             "UpdateExpression": "SET request_status = :status",

@@ -11,13 +11,34 @@ import pytest
 from chalicelib import events
 from chalicelib.approvals import model, service
 from chalicelib.approvals.model import Refused
-from chalicelib.config import parse_policy
+from chalicelib.config import Policy, parse_policy
 from chalicelib.ledger import ApprovalChanged
 from sandbox import scenario
 
+from . import routes_world as rw
 from .conftest import T0, make_record, make_request, outbox_items, raw_items
 
 POLICY = parse_policy(scenario.CONFIG)  # osc-prod is in eu-west-2
+
+
+def asking(min_approvals: int) -> Policy:
+    """The policy that asked for make_request's requests: rule partner-ask, alice, bob or carol, n of them.
+
+    A vote counts only under the policy that asked for it (review finding R2): the scenario's own
+    policy asks nobody by name, so a vote under it would supersede the request instead.
+    """
+    rule = (
+        "  - name: partner-ask\n"
+        '    accounts: ["111122223333"]\n'
+        "    action: ask\n"
+        "    approvers: [alice, bob, carol]\n"
+        f"    min_approvals: {min_approvals}\n"
+        "default_action: ask\n"
+    )
+    return parse_policy(scenario.CONFIG.replace("default_action: ask\n", rule) + rw.APPROVALS)
+
+
+ASKING = {n: asking(n) for n in (1, 2)}
 LATER = T0 + timedelta(minutes=5)
 G1, G2 = "vgw-11111111", "vgw-22222222"
 
@@ -29,9 +50,11 @@ def opened(ledger, record_fields=None, **kw):
 
 
 def vote(ledger, request_id, approver, what="approve", gateway=None, *, now=LATER, publishing=True, channel="slack"):
+    found = ledger.approval(request_id)
+    policy = ASKING[found[0].min_approvals] if found else POLICY
     return service.record_vote(
         ledger,
-        POLICY,
+        policy,
         request_id,
         approver=approver,
         user_id=f"U{approver.upper()}",
@@ -186,7 +209,7 @@ def test_retries_end_in_409_when_the_request_keeps_changing(ledger):
         def approval(self, request_id):
             return ledger.approval(request_id)
 
-        def update_approval(self, before, after, produced, *, require_confirming):
+        def update_approval(self, before, after, produced, *, require_confirming, now=None):
             tries.append(before.version)
             raise ApprovalChanged(before.request_id)
 
