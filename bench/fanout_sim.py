@@ -41,6 +41,7 @@ WORK, WORK_DLQ = "vifgate-bench-work.fifo", "vifgate-bench-work-dlq.fifo"
 PERIOD = 60
 PER_MESSAGE = 10  # VIFGATE_TARGETS_PER_MESSAGE's default
 THREADS = 8  # VIFGATE_MAX_WORKERS of the stages
+MAX_CLIENTS = 100  # DirectLink clients an instance holds: VIFGATE_MAX_CLIENTS's default (= VIFGATE_FANOUT_ABOVE)
 # What the sizing models AWS with (the sandbox's latency is --latency-ms; moto's own time is not AWS's).
 DYNAMODB_S = 0.010  # per call: the top of DynamoDB's 5-10 ms, for headroom
 VCPU_MB = 1769  # Lambda gives one vCPU per 1,769 MB, a share of one below it
@@ -132,9 +133,11 @@ def work(targets: int, index: int) -> dict:
             "parse_cpu": parse_cpu,
             "rss_kb": memory._status_kb("VmRSS"),
             "peak_kb": memory._status_kb("VmHWM"),
-            # Targets whose DirectLink client this instance holds: any batch may come to any instance,
-            # and the client cache keeps every target it has seen.
-            "clients": len(runtime.directlink._slots),
+            # DirectLink clients this instance holds (any batch may come to any instance; the cache keeps
+            # at most VIFGATE_MAX_CLIENTS), and how many it built so far, the first and the rebuilt ones.
+            "clients": runtime.directlink.held,
+            "built": runtime.directlink.clients_built,
+            "seen": len(runtime.directlink._slots),
         }
         print(json.dumps(report), flush=True)
     return {}
@@ -212,6 +215,8 @@ def simulate(size: int, args: argparse.Namespace) -> list[dict]:
                 "parse_cpu": max(r["parse_cpu"] for r in reports),
                 "peak_mb": max(r["peak_kb"] for r in reports) / 1024,
                 "clients": [r["clients"] for r in reports],
+                "built": sum(r["built"] for r in reports),
+                "seen": [r["seen"] for r in reports],
                 "rss_mb": [r["rss_kb"] / 1024 for r in reports],
             }
             results.append(figures)
@@ -225,7 +230,8 @@ def simulate(size: int, args: argparse.Namespace) -> list[dict]:
                 f"({f['busy'] / size * 1000:.1f} ms/target, {f['cpu'] / size * 1000:.1f} ms CPU/target, longest "
                 f"message {f['longest']:.2f}s; policy parsed in {f['parse_cpu']:.2f}s CPU at a cold start); "
                 f"workers' RSS {f['ready_mb']:.0f} MB ready, peak {f['peak_mb']:.0f} MB "
-                f"holding up to {max(f['clients'])} targets' clients",
+                f"holding up to {max(f['clients'])} clients of the {max(f['seen'])} targets one has seen "
+                f"({f['built']} clients built by all workers so far)",
                 flush=True,
             )
         for worker in workers:
@@ -343,11 +349,12 @@ def sizing(results: list[dict], latency_ms: int, ca_mb: float, ca_cpu: float) ->
     WorkConcurrency = ceil(messages x duration / (60 s x 0.5)): every cycle done in half the period.
     At 100 targets `poll` polls them itself (VIFGATE_FANOUT_ABOVE): one invocation of
     100 x CPU x max(1, 1769 / M) + ceil(100 / THREADS) waves of waiting.
-    Memory: an instance's RSS when ready (imports, the policy) plus a held client per target: any
-    batch may reach any instance and the client cache keeps every target it has seen, so a warm
-    instance ends up holding them all. A held client is what the cold-to-warm round added per new
-    client at the largest size, plus its TLS context's CA bundle in AWS (tls_costs). The memory
-    size must hold 1.25x that.
+    Memory: an instance's RSS when ready (imports, the policy) plus its held clients: any batch may
+    reach any instance, and the cache holds at most MAX_CLIENTS (least recently used dropped, keys
+    kept), so a warm instance holds min(targets, MAX_CLIENTS). A held client is what the
+    cold-to-warm round added per new client at the largest size, plus its TLS context's CA bundle in
+    AWS (tls_costs). The memory size must hold 1.25x that. An instance that meets more targets than
+    it holds builds their clients again: the measured CPU of the larger sizes has that in it.
     """
     warm = [r for r in results if r["round"] == "warm"]
     if not warm:
@@ -383,7 +390,7 @@ def sizing(results: list[dict], latency_ms: int, ca_mb: float, ca_cpu: float) ->
     plan = []
     for targets in (100, 1000, 5000):
         alone = targets <= 100
-        rss = big["ready_mb"] + ready_growth * (targets - big["targets"]) + per_client * targets
+        rss = big["ready_mb"] + ready_growth * (targets - big["targets"]) + per_client * min(targets, MAX_CLIENTS)
         # The smallest size (64 MB steps) that holds the RSS and, for `poll` alone, ends its cycle in time.
         needed = max(128, math.ceil(rss * RSS_HEADROOM / 64) * 64)
         while alone and needed < 10240 and _invocations(targets, needed, cpu, chain)[1] > PERIOD * HEADROOM:

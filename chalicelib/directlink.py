@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -245,13 +246,22 @@ class _Keys:
 
 @dataclass(frozen=True)
 class _Built:
-    """A target's client, the settings and keys it was built for, and when its keys are read again."""
+    """A target's client, the settings and keys it was built for, and when its keys are read again.
+
+    `api` is None once the client was dropped to bound the cache: the keys stay, so the next get()
+    builds a client again without reading them again (no AssumeRole, no secret read).
+    """
 
     target: Target
-    api: DirectLinkApi
-    keys_digest: bytes | None  # None: it signs with a session's own credentials (base session, profile)
+    api: DirectLinkApi | None
+    session: boto3.Session = field(repr=False)
+    keys: _Keys | None  # None: it signs with the session's own credentials (base session, profile)
     expires_at: float | None  # when its keys stop working, if known
     due_at: float  # wall clock
+
+    @property
+    def keys_digest(self) -> bytes | None:
+        return self.keys.digest() if self.keys is not None else None
 
 
 class _Slot:
@@ -286,10 +296,16 @@ class DirectLinkClients:
     """One client per target, all from one boto3 Session, each signing with its own target's keys.
 
     A boto3 Session holds its own copy of botocore's data (about 8 MB, 50-90 ms of CPU); a client
-    from a shared one costs about 0.25 MB. Keys from a secret are read again when due (spread per
+    from a shared one costs about 0.3 MB, and about 0.7 MB more once it opened an HTTPS connection
+    (its own SSL context holds the CA bundle). Keys from a secret are read again when due (spread per
     target), assumed-role keys renewed before they expire, and a client is rebuilt only when its
     keys changed. Worker threads call get() concurrently: each target is built once, and one
     target's refresh does not wait for another's.
+
+    At most `max_clients` clients are held, the least recently used dropped first: a `work`
+    instance meets any batch of a large fleet, and a client per target it ever saw outgrew the
+    function's memory. Every target's keys are kept (a few hundred bytes): a dropped client is
+    built again from them, without another AssumeRole or secret read.
     """
 
     def __init__(
@@ -297,7 +313,14 @@ class DirectLinkClients:
         base_session: Callable[[], boto3.Session] = boto3.Session,
         secrets_client: Callable[[], Any] | None = None,
         pool: int = 10,
+        max_clients: int = 100,
     ):
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+        self._max_clients = max_clients
+        # Targets whose slot holds a client, least recently used first (guarded by self._lock).
+        self._held: OrderedDict[str, _Slot] = OrderedDict()
+        self.clients_built = 0  # every client built, the first and each rebuilt one (benchmarks read it)
         self._base_session = base_session
         self._secrets_client = secrets_client
         # The STS and Secrets Manager clients are shared by every worker thread refreshing keys (a cold
@@ -315,18 +338,43 @@ class DirectLinkClients:
         with self._lock:
             slot = self._slots.setdefault(target.name, _Slot())
         built = slot.built
-        if self._current(built, target):
-            return built.api  # type: ignore[union-attr]
+        if built is not None and built.api is not None and self._current(built, target):
+            self._hold(target.name, slot)
+            return built.api
         with slot.lock:
             built = slot.built
-            if not self._current(built, target):  # else another thread refreshed it while this one waited
-                built = slot.built = self._refresh(target, built)
-            return built.api  # type: ignore[union-attr]
+            if built is None or not self._current(built, target):  # else another thread refreshed it meanwhile
+                built = self._refresh(target, built)
+            api = built.api
+            if api is None:  # dropped from the cache: the same keys, a new client
+                api = self._api(target, built.session, built.keys)
+                built = replace(built, api=api)
+            slot.built = built
+        self._hold(target.name, slot)
+        return api
+
+    @property
+    def held(self) -> int:
+        """How many clients are held now (at most max_clients)."""
+        with self._lock:
+            return len(self._held)
+
+    def _hold(self, name: str, slot: _Slot) -> None:
+        """Mark the target's client as just used; drop the least recently used beyond max_clients."""
+        with self._lock:
+            self._held[name] = slot
+            self._held.move_to_end(name)
+            while len(self._held) > self._max_clients:
+                _, oldest = self._held.popitem(last=False)
+                built = oldest.built
+                if built is not None and built.api is not None:
+                    # A thread still using that client keeps its reference; the client goes when it is done.
+                    oldest.built = replace(built, api=None)
 
     @staticmethod
-    def _current(built: _Built | None, target: Target) -> bool:
+    def _current(built: _Built, target: Target) -> bool:
         # A changed target (region, endpoint, credentials) in the policy gets new keys and a new client.
-        return built is not None and built.target == target and time.time() < built.due_at
+        return built.target == target and time.time() < built.due_at
 
     def _refresh(self, target: Target, built: _Built | None) -> _Built:
         now = time.time()
@@ -349,7 +397,13 @@ class DirectLinkClients:
         expires_at = keys.expires_at if keys is not None else None
         if same_target and built is not None and digest == built.keys_digest:
             logger.debug("keys read again, unchanged: client kept", extra={"target": target.name})
-            return replace(built, expires_at=expires_at, due_at=due_at)
+            return replace(built, keys=keys, expires_at=expires_at, due_at=due_at)
+        api = self._api(target, session, keys)
+        reason = "new target" if built is None else "keys changed" if same_target else "target settings changed"
+        logger.info("directlink client built", extra={"target": target.name, "reason": reason})
+        return _Built(target, api, session, keys, expires_at, due_at)
+
+    def _api(self, target: Target, session: boto3.Session, keys: _Keys | None) -> DirectLinkApi:
         try:
             client = self._client(
                 session,
@@ -360,9 +414,9 @@ class DirectLinkClients:
             )
         except (ClientError, BotoCoreError, ValueError) as exc:
             raise _wrap(target.name, "credentials", exc) from None
-        reason = "new target" if built is None else "keys changed" if same_target else "target settings changed"
-        logger.info("directlink client built", extra={"target": target.name, "reason": reason})
-        return _Built(target, DirectLinkApi(target, client), digest, expires_at, due_at)
+        with self._lock:
+            self.clients_built += 1
+        return DirectLinkApi(target, client)
 
     def _keys(self, target: Target) -> tuple[boto3.Session, _Keys | None]:
         """The session to build from and the keys to sign with (None: the session's own credentials)."""

@@ -59,6 +59,9 @@ class Settings:
     work_queue: str | None = None  # the fan-out's SQS FIFO work queue (see chalicelib/fanout.py)
     fanout_above: int = 100  # more targets than this: the scheduled function enqueues them instead of polling
     targets_per_message: int = 10
+    # DirectLink clients held at once (least recently used dropped; every target's keys kept). The
+    # default is fanout_above: `poll` never drops a client of the targets it polls itself.
+    max_clients: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +79,7 @@ class Settings:
         for name, default, low, high in (
             ("VIFGATE_FANOUT_ABOVE", "100", 0, 1_000_000),
             ("VIFGATE_TARGETS_PER_MESSAGE", "10", 1, 100),
+            ("VIFGATE_MAX_CLIENTS", "0", 0, 100_000),
         ):
             text = env.get(name, default).strip()
             if not text.isdigit() or not low <= int(text) <= high:
@@ -92,6 +96,7 @@ class Settings:
             work_queue=env.get("VIFGATE_WORK_QUEUE") or None,
             fanout_above=numbers["VIFGATE_FANOUT_ABOVE"],
             targets_per_message=numbers["VIFGATE_TARGETS_PER_MESSAGE"],
+            max_clients=numbers["VIFGATE_MAX_CLIENTS"] or None,
         )
 
 
@@ -183,7 +188,13 @@ class Runtime:
 
     @cached_property
     def directlink(self) -> DirectLinkClients:
-        return self._directlink or DirectLinkClients(base_session=lambda: self.session, pool=self.settings.max_workers)
+        settings = self.settings
+        return self._directlink or DirectLinkClients(
+            base_session=lambda: self.session,
+            pool=settings.max_workers,
+            max_clients=settings.max_clients
+            or max(settings.fanout_above, settings.targets_per_message, settings.max_workers),
+        )
 
     def warm(self, *, ledger: bool) -> None:
         """Build the shared clients once, before worker threads race to build them."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import weakref
 from collections import Counter
 
 import boto3
+import botocore.client
 import botocore.session
 import pytest
 from botocore.exceptions import ClientError
@@ -304,3 +307,79 @@ def test_the_ledger_client_has_a_connection_per_worker(workers, pool, monkeypatc
     runtime = Runtime(Settings(config_source="test", max_workers=workers), session=boto3.Session())
     assert runtime.ledger.client.meta.config.max_pool_connections == pool
     assert runtime.ledger.client.meta.config.retries["mode"] == "standard", "the shared client settings are kept"
+
+
+# --- the cache is bounded: a `work` instance meets any batch of a large fleet ----------------------
+
+
+def test_the_cache_holds_at_most_max_clients_and_drops_the_least_recently_used(aws, built):
+    for i in range(6):
+        put_keys(i)
+    reads = Reads()
+    clients = DirectLinkClients(secrets_client=reads, max_clients=3)
+    first = {i: clients.get(secret_target(i)) for i in range(3)}
+    assert clients.get(secret_target(0)) is first[0]  # 0 is now the most recently used: 1 goes first
+    built["clients"].clear()
+    later = {i: clients.get(secret_target(i)) for i in (3, 4)}
+    assert clients.held == 3
+    assert clients.get(secret_target(0)) is first[0], "the most recently used client was kept"
+    again = clients.get(secret_target(1))
+    assert again is not first[1], "the least recently used client was dropped and built again"
+    assert signing_keys(again)[:2] == keys(1), "with that target's own keys"
+    assert clients.get(secret_target(4)) is later[4]
+    assert clients.held == 3 and Counter(built["clients"]) == {"directconnect": 3}  # 3, 4, then 1 again
+    assert reads.count == {f"vifgate/test/t{i}": 1 for i in range(5)}, "a dropped client's keys are not read again"
+
+
+def test_a_dropped_assumed_role_client_is_built_again_without_another_assume_role(role, monkeypatch):
+    calls = Counter()
+    original = botocore.client.BaseClient._make_api_call
+
+    def counting(self, operation, params):
+        calls[operation] += 1
+        return original(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", counting)
+    clients = DirectLinkClients(max_clients=2)
+    first = [clients.get(role_target(i, role)) for i in range(5)]
+    again = [clients.get(role_target(i, role)) for i in range(5)]
+    assert calls["AssumeRole"] == 5, "each target's role is assumed once; its keys outlive its client"
+    assert clients.held == 2 and clients.clients_built == 10
+    assert [signing_keys(a) for a in again] == [signing_keys(f) for f in first]
+
+
+def test_a_fleet_larger_than_the_cache_keeps_memory_bounded(aws):
+    """200 targets through a cache of 20: the clients held stay at 20, whatever the order of the batches."""
+    clients = DirectLinkClients(
+        base_session=lambda: boto3.Session(aws_access_key_id="k", aws_secret_access_key="s"), max_clients=20
+    )
+    targets = [
+        Target(name=f"acct{i}", provider="aws", region="eu-west-1", account_id=f"{555566660000 + i}")
+        for i in range(200)
+    ]
+    alive = []
+    for _ in range(2):
+        for target in targets:
+            alive.append(weakref.ref(clients.get(target)))
+    gc.collect()
+    assert clients.held == 20
+    assert sum(1 for ref in alive if ref() is not None) == 20, "dropped clients are freed"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, 100),  # fanout_above: poll never drops a client of the targets it polls itself
+        ({"VIFGATE_FANOUT_ABOVE": "0"}, 10),  # always fanned out: a message's 10 targets
+        ({"VIFGATE_FANOUT_ABOVE": "0", "VIFGATE_MAX_WORKERS": "32"}, 32),
+        ({"VIFGATE_MAX_CLIENTS": "250"}, 250),
+    ],
+)
+def test_the_runtime_bounds_its_clients(env, expected):
+    runtime = Runtime(Settings.from_env({"VIFGATE_CONFIG": "x.yaml", **env}))
+    assert runtime.directlink._max_clients == expected
+
+
+def test_a_bad_max_clients_is_refused_with_its_name():
+    with pytest.raises(Exception, match="VIFGATE_MAX_CLIENTS"):
+        Settings.from_env({"VIFGATE_CONFIG": "x.yaml", "VIFGATE_MAX_CLIENTS": "many"})
