@@ -23,9 +23,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError, PydanticKnownError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 OUTSCALE_REGIONS = ("eu-west-2", "us-east-2", "cloudgouv-eu-west-1")
@@ -129,6 +132,22 @@ RoleArn = Annotated[str, _pattern(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+
 # STS's own limits: 2 to 1224 characters of letters, digits and _+=,.@:/-
 ExternalId = Annotated[
     str, _pattern(r"[A-Za-z0-9_+=,.@:/-]{2,1224}", "an external id (2 to 1224 letters, digits or _+=,.@:/-)")
+]
+# AWS Organizations' own patterns for a root (r-…) and an organizational unit (ou-<root part>-<unit part>).
+ParentId = Annotated[
+    str,
+    _pattern(
+        r"r-[0-9a-z]{4,32}|ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}",
+        "an organizational unit id (ou-xxxx-xxxxxxxx) or a root id (r-xxxx)",
+    ),
+]
+RoleName = Annotated[str, _pattern(r"[\w+=,.@-]{1,64}", "an IAM role name (1 to 64 letters, digits or _+=,.@-)")]
+AwsRegion = Annotated[
+    str,
+    _pattern(
+        r"[a-z]{2}(-gov|-iso[a-z]?)?-(central|north|south|east|west|northeast|northwest|southeast|southwest)-\d{1,2}",
+        "an AWS region name (like eu-west-1)",
+    ),
 ]
 
 _DURATION = re.compile(r"(?P<n>\d+)\s*(?P<unit>[smhd])")
@@ -311,6 +330,105 @@ class Target(_Doc):
             # Without them boto3 would sign with the Lambda's own AWS keys and send them to OUTSCALE.
             raise ValueError("provider outscale needs credentials (secret_id or profile)")
         return self
+
+
+NAME_MAX = 64  # characters in a Name
+_ACCOUNT_AND_REGION = len("-111122223333-")
+
+
+class OrganizationSource(_Doc):
+    """AWS member accounts listed from Organizations: one aws target per ACTIVE account under `ous`, per region."""
+
+    name: Name = Field(description="prefix of the targets it generates: <name>-<account id>-<region>")
+    ous: list[ParentId] = Field(min_length=1, description="organizational unit or root ids; child units included")
+    role_name: RoleName = Field(description="the member role in every account (infra/member-role.yaml)")
+    # Sent as ExternalId when assuming each account's role: never logged or sent to chat.
+    external_id: ExternalId | None = Field(
+        default=None, repr=False, description="sts:ExternalId of the member role's trust policy"
+    )
+    regions: list[AwsRegion] = Field(min_length=1, description="each account is polled in each of these regions")
+    exclude: list[AccountId] = Field(default_factory=list, description="account ids left out")
+    list_role_arn: RoleArn | None = Field(
+        default=None,
+        description="assumed to list the accounts (in the management or a delegated administrator account); "
+        "without it the function's own credentials list them",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OrganizationSource:
+        for field in ("ous", "regions", "exclude"):
+            seen: set[str] = set()
+            for i, value in enumerate(getattr(self, field)):
+                if value in seen:
+                    raise ValueError(f"{field}[{i}]: {value!r} is listed twice")
+                seen.add(value)
+        room = NAME_MAX - _ACCOUNT_AND_REGION - max(len(r) for r in self.regions)
+        if len(self.name) > room:
+            raise ValueError(
+                f"name: {_short(self.name)} is too long: the names of the targets it generates "
+                f"(<name>-<account id>-<region>) must fit {NAME_MAX} characters, so at most {room} here"
+            )
+        return self
+
+    def target_name(self, account_id: str, region: str) -> str:
+        return f"{self.name}-{account_id}-{region}"
+
+    def role_arn(self, account_id: str, region: str) -> str:
+        partition = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+        return f"arn:{partition}:iam::{account_id}:role/{self.role_name}"
+
+    def targets(self, accounts: Iterable[str]) -> list[Target]:
+        """Every account listed (ACTIVE under `ous`) in every region, `exclude` left out."""
+        excluded = set(self.exclude)
+        return [
+            Target(
+                name=self.target_name(account, region),
+                provider="aws",
+                region=region,
+                account_id=account,
+                role_arn=self.role_arn(account, region),
+                external_id=self.external_id,
+            )
+            for account in accounts
+            if account not in excluded
+            for region in self.regions
+        ]
+
+
+class FromOrganization(_Doc):
+    """A `targets` entry naming an Organizations source (parsing moves it to Policy.organizations)."""
+
+    from_organization: OrganizationSource
+
+
+def _is_source(entry: Any) -> bool:
+    return isinstance(entry, dict) and "from_organization" in entry
+
+
+def _from_organization(value: Any) -> Any:
+    """A `targets` entry `{from_organization: {...}}` as the source it holds."""
+    if not _is_source(value):
+        return value
+    others = [key for key in value if key != "from_organization"]
+    if others:
+        shown = ", ".join(
+            repr(k) if isinstance(k, str) and _FIELD_LIKE.fullmatch(k) else "a key (not shown)" for k in others[:3]
+        )
+        raise ValueError(f"from_organization: give it alone in its targets entry; this entry also has {shown}")
+    inner = value["from_organization"]
+    if not isinstance(inner, (dict, OrganizationSource)):
+        raise ValueError(
+            f"from_organization: expected a mapping with name, ous, role_name and regions (got {type(inner).__name__})"
+        )
+    return inner
+
+
+def _as_given(value: Any) -> Any:
+    return value  # the JSON Schema's view of `targets` (json_schema_input_type); Policy._split_targets splits it
+
+
+# What a document's `targets` holds: targets, and Organizations sources written `{from_organization: …}`.
+TargetsInput = Annotated[list[Target | FromOrganization], Field(min_length=1)]
 
 
 class VlanRange(_Doc):
@@ -550,7 +668,12 @@ def _default_alerts() -> list[timedelta]:
 
 
 class Policy(_Doc):
-    targets: list[Target] = Field(min_length=1)
+    # Sources are written as `targets` entries; _split_targets moves them here. Not a key of the document.
+    organizations: SkipJsonSchema[list[Annotated[OrganizationSource, BeforeValidator(_from_organization)]]] = Field(
+        default_factory=list
+    )
+    # Concrete targets only (an expanded policy holds the ones its sources generated, see organizations.expand).
+    targets: Annotated[list[Target], BeforeValidator(_as_given, json_schema_input_type=TargetsInput)]
     rules: list[Rule] = Field(default_factory=list)
     default_action: Literal["ask", "ignore", "reject"] = "ask"
     expiry_alerts: list[ExpiryAlert] = Field(default_factory=_default_alerts)
@@ -564,15 +687,53 @@ class Policy(_Doc):
     # The emergency stop: false turns every confirm into an ask (the default approvers may still approve).
     auto_confirm: bool = Field(default=True, description="false: every confirm becomes an ask (emergency stop)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_targets(cls, value: Any) -> Any:
+        """`targets` entries written `{from_organization: …}` are sources (Policy.organizations); the rest targets."""
+        if not isinstance(value, dict) or not isinstance(value.get("targets"), list):
+            return value
+        entries = value["targets"]
+        if not any(_is_source(entry) for entry in entries):
+            return value
+        return {
+            **value,
+            "targets": [entry for entry in entries if not _is_source(entry)],
+            "organizations": [*value.get("organizations", []), *(entry for entry in entries if _is_source(entry))],
+        }
+
+    @field_validator("targets")
+    @classmethod
+    def _some_target(cls, targets: list[Target], info: ValidationInfo) -> list[Target]:
+        # At least one target or one source (not checked when the sources were invalid: they are named already).
+        if not targets and info.data.get("organizations") == []:
+            raise PydanticKnownError("too_short", {"field_type": "List", "min_length": 1, "actual_length": 0})
+        return targets
+
     @model_validator(mode="after")
     def _consistent(self) -> Policy:
         _unique("targets", [t.name for t in self.targets])
         _unique("rules", [r.name for r in self.rules])
-        known = {t.name for t in self.targets}
+        known = {t.name: f"targets[{i}]" for i, t in enumerate(self.targets)}
+        for j, source in enumerate(self.organizations):
+            if source.name in known:
+                raise ValueError(f"organizations[{j}].name: {source.name!r} is used twice (also {known[source.name]})")
+            known[source.name] = f"organizations[{j}]"
+        if self.organizations:
+            generated = re.compile(
+                "(" + "|".join(re.escape(s.name) for s in self.organizations) + r")-\d{12}-[a-z0-9-]+"
+            )
+            for i, target in enumerate(self.targets):
+                if match := generated.fullmatch(target.name):
+                    raise ValueError(
+                        f"targets[{i}].name: {target.name!r} has the form of the names from_organization "
+                        f"{match[1]} generates; give it another name"
+                    )
         for i, rule in enumerate(self.rules):
             for name in rule.targets or ():
                 if name not in known:
-                    raise ValueError(f"rules[{i}].targets: {name!r} is not a target of this document")
+                    what = "a target" if not self.organizations else "a target or a from_organization source"
+                    raise ValueError(f"rules[{i}].targets: {name!r} is not {what} of this document")
         for field in ("default_approvers", "default_min_approvals"):
             if getattr(self, field) is not None and self.default_action != "ask":
                 raise ValueError(
@@ -814,11 +975,34 @@ def _validate(document: Any, source: str) -> Policy:
         )
     if problem := _check_shape(document):
         raise ConfigError(source, [problem])
+    if "organizations" in document:  # Policy's own field, filled from `targets`: not something to write
+        why = "organizations: unknown field (an Organizations source is a targets entry: - from_organization: …)"
+        raise ConfigError(source, [why])
     try:
         return Policy.model_validate(document)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors(include_url=False)]
+        at_written = _written_positions(document.get("targets"))
+        problems = [at_written(_describe(err)) for err in exc.errors(include_url=False)]
         raise ConfigError(source, list(dict.fromkeys(problems))) from None
+
+
+_SPLIT_PATH = re.compile(r"(?<![\w.\]])(targets|organizations)\[(\d+)\](\.from_organization)?")
+
+
+def _written_positions(entries: Any):
+    """Paths in the split policy (`targets[j]`, `organizations[j]`) as written (`targets[i]`, `….from_organization`)."""
+    if not isinstance(entries, list) or not any(_is_source(entry) for entry in entries):
+        return lambda problem: problem
+    concrete = [i for i, entry in enumerate(entries) if not _is_source(entry)]
+    sources = [i for i, entry in enumerate(entries) if _is_source(entry)]
+
+    def rewrite(match: re.Match) -> str:
+        kind, j = match[1], int(match[2])
+        if kind == "targets":
+            return f"targets[{concrete[j]}]" if j < len(concrete) else match[0]
+        return f"targets[{sources[j]}].from_organization" if j < len(sources) else match[0]
+
+    return lambda problem: _SPLIT_PATH.sub(rewrite, problem)
 
 
 _SECRET_FIELDS = {
@@ -834,7 +1018,20 @@ _SECRET_FIELDS = {
 # Every field name of the document: a path under a secret field prints these, never a key someone wrote.
 _FIELD_NAMES = {
     name
-    for model in (Policy, Target, Credentials, Rule, VlanRange, Chat, Destination, SecretRef, Approvals, Approver)
+    for model in (
+        Policy,
+        Target,
+        OrganizationSource,
+        FromOrganization,
+        Credentials,
+        Rule,
+        VlanRange,
+        Chat,
+        Destination,
+        SecretRef,
+        Approvals,
+        Approver,
+    )
     for name in model.model_fields
 }
 
@@ -892,7 +1089,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     message = _clip(message, 400)
     # Errors raised by a model validator carry their own path inside the message: in full, or below
     # the model (`approvers: only for action ask` under rules[1] reads `rules[1].approvers: ...`).
-    if message.startswith(("rules[", "targets[", "chat.")) or not path:
+    if message.startswith(("rules[", "targets[", "organizations[", "chat.")) or not path:
         return message
     if error["type"] == "value_error" and (below := _BELOW.match(message)) and below[1] in _FIELD_NAMES:
         return f"{path}.{message}"

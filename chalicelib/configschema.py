@@ -34,6 +34,8 @@ _LAX = {
 }
 # BeforeValidators that only refuse more than their inner type does: the inner type's schema is right.
 _NARROWING = {config._plain_int, config._vlan_range, config._base_url}
+# Model validators (mode before) that refuse more than the model does, or move fields within it: the model's schema.
+_NARROWING_MODEL_VALIDATORS = {"_a_reference", "_split_targets"}
 
 
 class _Draft4(GenerateJsonSchema):
@@ -41,10 +43,12 @@ class _Draft4(GenerateJsonSchema):
 
     def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> JsonSchemaValue:
         function = schema["function"]["function"]
+        if (written := schema.get("json_schema_input_schema")) is not None:  # the validator says what it reads
+            return self.generate_inner(written)
         if function in _LAX:
             return dict(_LAX[function])
         inner = self.generate_inner(schema["schema"])
-        if function in _NARROWING or getattr(function, "__name__", "") == "_a_reference":
+        if function in _NARROWING or getattr(function, "__name__", "") in _NARROWING_MODEL_VALIDATORS:
             return inner
         return {}  # a validator this module does not know: accept anything rather than refuse a valid document
 

@@ -33,7 +33,12 @@ CONFIG_TESTS = [
 
 
 def errors(document) -> list[str]:
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(document)]
+    """Each error, and under an anyOf (a targets entry: a target or a from_organization source) each branch's own."""
+    found = []
+    for error in VALIDATOR.iter_errors(document):
+        for e in [error, *(error.context or ())]:
+            found.append(f"{'/'.join(map(str, e.absolute_path))}: {e.message}")
+    return found
 
 
 def test_the_schema_is_draft_4_and_fits_an_appconfig_validator():
