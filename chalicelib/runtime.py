@@ -47,6 +47,9 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+UNBOUNDED_CLIENTS = 1_000_000
+
+
 @dataclass(frozen=True)
 class Settings:
     config_source: str
@@ -59,9 +62,22 @@ class Settings:
     work_queue: str | None = None  # the fan-out's SQS FIFO work queue (see chalicelib/fanout.py)
     fanout_above: int = 100  # more targets than this: the scheduled function enqueues them instead of polling
     targets_per_message: int = 10
-    # DirectLink clients held at once (least recently used dropped; every target's keys kept). The
-    # default is fanout_above: `poll` never drops a client of the targets it polls itself.
+    # DirectLink clients held at once (least recently used dropped; every target's keys kept); see client_bound.
     max_clients: int | None = None
+
+    @property
+    def client_bound(self) -> int:
+        """DirectLink clients held at once: max_clients, else what one invocation polls at most.
+
+        Without a work queue one cycle polls every target, each minute: dropping clients would only
+        rebuild them. With one, `poll` polls up to fanout_above targets and a `work` message
+        targets_per_message.
+        """
+        if self.max_clients:
+            return self.max_clients
+        if self.work_queue is None:
+            return UNBOUNDED_CLIENTS
+        return max(self.fanout_above, self.targets_per_message, self.max_workers)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -188,12 +204,8 @@ class Runtime:
 
     @cached_property
     def directlink(self) -> DirectLinkClients:
-        settings = self.settings
         return self._directlink or DirectLinkClients(
-            base_session=lambda: self.session,
-            pool=settings.max_workers,
-            max_clients=settings.max_clients
-            or max(settings.fanout_above, settings.targets_per_message, settings.max_workers),
+            base_session=lambda: self.session, pool=self.settings.max_workers, max_clients=self.settings.client_bound
         )
 
     def warm(self, *, ledger: bool) -> None:

@@ -366,12 +366,17 @@ def test_a_fleet_larger_than_the_cache_keeps_memory_bounded(aws):
     assert sum(1 for ref in alive if ref() is not None) == 20, "dropped clients are freed"
 
 
+QUEUE = {"VIFGATE_WORK_QUEUE": "https://sqs.eu-west-1.amazonaws.com/123456789012/vifgate-dev-work.fifo"}
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, 100),  # fanout_above: poll never drops a client of the targets it polls itself
-        ({"VIFGATE_FANOUT_ABOVE": "0"}, 10),  # always fanned out: a message's 10 targets
-        ({"VIFGATE_FANOUT_ABOVE": "0", "VIFGATE_MAX_WORKERS": "32"}, 32),
+        ({}, 1_000_000),  # no work queue: one cycle polls every target each minute, so all are kept
+        (QUEUE, 100),  # fanout_above: poll never drops a client of the targets it polls itself
+        (QUEUE | {"VIFGATE_FANOUT_ABOVE": "0"}, 10),  # always fanned out: a message's 10 targets
+        (QUEUE | {"VIFGATE_FANOUT_ABOVE": "0", "VIFGATE_MAX_WORKERS": "32"}, 32),
+        (QUEUE | {"VIFGATE_MAX_CLIENTS": "250"}, 250),
         ({"VIFGATE_MAX_CLIENTS": "250"}, 250),
     ],
 )
