@@ -23,6 +23,7 @@ from .ledger import Ledger
 
 if TYPE_CHECKING:
     from .approvals.trigger import Trigger
+    from .organizations import OrganizationTargets
 
 SECRET_MAX_AGE = 300  # seconds a chat secret is cached in a warm Lambda
 # Secret store answers that a later try can get past (anything else is missing, denied or malformed).
@@ -64,6 +65,9 @@ class Settings:
     targets_per_message: int = 10
     # DirectLink clients held at once (least recently used dropped; every target's keys kept); see client_bound.
     max_clients: int | None = None
+    org_cache_seconds: int = 900  # how long an Organizations listing is used before it is listed again
+    # Whether this function lists Organizations sources (the api and notify functions do not: no grant, no need).
+    list_organizations: bool = True
 
     @property
     def client_bound(self) -> int:
@@ -96,6 +100,7 @@ class Settings:
             ("VIFGATE_FANOUT_ABOVE", "100", 0, 1_000_000),
             ("VIFGATE_TARGETS_PER_MESSAGE", "10", 1, 100),
             ("VIFGATE_MAX_CLIENTS", "0", 0, 100_000),
+            ("VIFGATE_ORG_CACHE_SECONDS", "900", 0, 86_400),
         ):
             text = env.get(name, default).strip()
             if not text.isdigit() or not low <= int(text) <= high:
@@ -113,6 +118,8 @@ class Settings:
             fanout_above=numbers["VIFGATE_FANOUT_ABOVE"],
             targets_per_message=numbers["VIFGATE_TARGETS_PER_MESSAGE"],
             max_clients=numbers["VIFGATE_MAX_CLIENTS"] or None,
+            org_cache_seconds=numbers["VIFGATE_ORG_CACHE_SECONDS"],
+            list_organizations=_flag(env.get("VIFGATE_LIST_ORGANIZATIONS", "true")),
         )
 
 
@@ -174,6 +181,7 @@ class Runtime:
         sqs=None,
         resolve: Callable[[SecretRef], str] = resolve_secret,
         trigger: Trigger | None = None,
+        organizations: OrganizationTargets | None = None,
     ):
         self.settings = settings
         self.clock = clock
@@ -184,6 +192,7 @@ class Runtime:
         self._sqs = sqs
         self._resolve = resolve
         self._trigger = trigger
+        self._organizations = organizations
         self._lock = threading.Lock()
         self._session_lock = threading.Lock()
         self._queue_urls: dict[str, str] = {}
@@ -191,8 +200,30 @@ class Runtime:
 
     @property
     def policy(self) -> Policy:
-        """The validated policy; ConfigError when it is invalid (callers then confirm nothing)."""
+        """The validated policy, its Organizations sources' targets added; ConfigError when it is invalid.
+
+        (Callers then confirm nothing.) A source whose listing failed adds its last good listing's
+        targets, or none (organizations.OrganizationTargets); the explicit targets are always there.
+        """
+        document = self.document_policy
+        if not document.organizations or not self.settings.list_organizations:
+            return document
+        return self.organizations.expanded(document)
+
+    @property
+    def document_policy(self) -> Policy:
+        """The policy as written: its sources not listed (`vifgate check --offline`)."""
         return self._policy if self._policy is not None else load_policy(self.settings.config_source)
+
+    @cached_property
+    def organizations(self) -> OrganizationTargets:
+        """Each Organizations source's listing, kept VIFGATE_ORG_CACHE_SECONDS (imported only when a source exists)."""
+        if self._organizations is not None:
+            return self._organizations
+        from .organizations import OrganizationsLister, OrganizationTargets
+
+        lister = OrganizationsLister(lambda: self.session)
+        return OrganizationTargets(lister, ttl=self.settings.org_cache_seconds, on_failure=_count_listing_failure)
 
     @property
     def session(self) -> boto3.Session:
@@ -273,6 +304,15 @@ class Runtime:
         pool = Config(max_pool_connections=max(10, self.settings.max_workers))
         client = self._dynamodb or self.session.client("dynamodb", config=CLIENT_CONFIG.merge(pool))
         return Ledger(client, self.settings.table_name)
+
+
+def _count_listing_failure(source: str, code: str, skipped: bool) -> None:
+    """OrganizationListingFailures in the invocation's metrics (the log line names the source and the code)."""
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    from .metrics import metrics
+
+    metrics.add_metric(name="OrganizationListingFailures", unit=MetricUnit.Count, value=1)
 
 
 _cached: tuple[Settings, Runtime] | None = None

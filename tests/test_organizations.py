@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 
 from chalicelib.config import ConfigError, OrganizationSource, parse_policy
+from chalicelib.organizations import ListingError, OrganizationsLister, OrganizationTargets, expand
 
 EXTERNAL_ID = "org-ext-9Zq4Wm7Lp2Rt"
 HUB = {"name": "hub", "provider": "aws", "region": "eu-west-1", "account_id": "444455556666"}
@@ -211,3 +217,263 @@ def test_documents_with_sources_pass_the_appconfig_schema_and_bad_shapes_do_not(
         assert list(validator.iter_errors(doc)) == []
     for bad in (document(HUB, {"from_organization": SOURCE, "name": "x"}), document(HUB, source(rolename="x"))):
         assert list(validator.iter_errors(bad)), bad
+
+
+# --- listing on moto's Organizations ------------------------------------------------------------------------------
+
+
+@dataclass
+class Org:
+    client: Any
+    root: str
+    ous: dict[str, str]
+    accounts: dict[str, str]  # name -> id
+
+
+def _account(client, name: str, parent: str | None, root: str) -> str:
+    status = client.create_account(Email=f"{name}@example.test", AccountName=name)["CreateAccountStatus"]
+    account = status["AccountId"]
+    if parent:
+        client.move_account(AccountId=account, SourceParentId=root, DestinationParentId=parent)
+    return account
+
+
+@pytest.fixture
+def org():
+    """root: mgmt, loose; prod (app, closed) > prod/eu (eu, deep) > prod/eu/deeper (deepest); lab (lab)."""
+    with mock_aws():
+        client = boto3.client("organizations", region_name="us-east-1")
+        client.create_organization(FeatureSet="ALL")
+        root = client.list_roots()["Roots"][0]["Id"]
+        ous = {"prod": client.create_organizational_unit(ParentId=root, Name="prod")["OrganizationalUnit"]["Id"]}
+        ous["eu"] = client.create_organizational_unit(ParentId=ous["prod"], Name="eu")["OrganizationalUnit"]["Id"]
+        ous["deeper"] = client.create_organizational_unit(ParentId=ous["eu"], Name="deeper")["OrganizationalUnit"]["Id"]
+        ous["lab"] = client.create_organizational_unit(ParentId=root, Name="lab")["OrganizationalUnit"]["Id"]
+        accounts = {
+            "loose": _account(client, "loose", None, root),
+            "app": _account(client, "app", ous["prod"], root),
+            "closed": _account(client, "closed", ous["prod"], root),
+            "eu": _account(client, "eu", ous["eu"], root),
+            "deep": _account(client, "deep", ous["eu"], root),
+            "deepest": _account(client, "deepest", ous["deeper"], root),
+            "lab": _account(client, "lab", ous["lab"], root),
+        }
+        client.close_account(AccountId=accounts["closed"])  # SUSPENDED: never a target
+        yield Org(client, root, ous, accounts)
+
+
+def counted_session() -> tuple[boto3.Session, Counter]:
+    session = boto3.Session(region_name="us-east-1")
+    calls: Counter = Counter()
+    session.events.register("before-call.organizations", lambda model, **_: calls.update([model.name]))
+    return session, calls
+
+
+def the(org: Org, *names: str) -> list[str]:
+    return sorted(org.accounts[n] for n in names)
+
+
+def test_accounts_are_listed_recursively_active_only(org):
+    session, calls = counted_session()
+    lister = OrganizationsLister(lambda: session)
+    prod = OrganizationSource.model_validate({**SOURCE, "ous": [org.ous["prod"]], "exclude": []})
+    assert lister(prod) == the(org, "app", "eu", "deep", "deepest"), "child OUs too; the closed account left out"
+    # Each parent once: prod, eu, deeper (accounts + child OUs each).
+    assert calls == {"ListAccountsForParent": 3, "ListChildren": 3}
+    everything = OrganizationSource.model_validate({**SOURCE, "ous": [org.root, org.ous["lab"]], "exclude": []})
+    assert lister(everything) == sorted([*the(org, "loose", "app", "eu", "deep", "deepest", "lab"), "123456789012"]), (
+        "the root lists the management account too; a unit named twice is listed once"
+    )
+
+
+def test_exclude_leaves_accounts_out_of_the_generated_targets(org):
+    lister = OrganizationsLister(boto3.Session)
+    prod = OrganizationSource.model_validate(
+        {**SOURCE, "ous": [org.ous["prod"]], "exclude": [org.accounts["eu"], org.accounts["deepest"]]}
+    )
+    policy = parse_policy(json.dumps(document(HUB, {"from_organization": prod.model_dump()})))
+    expanded = OrganizationTargets(lister).expanded(policy)
+    assert sorted({t.account_id for t in expanded.targets}) == sorted([HUB["account_id"], *the(org, "app", "deep")])
+
+
+def test_listing_follows_every_page(org):
+    session, calls = counted_session()
+    many = [_account(org.client, f"m{i}", org.ous["lab"], org.root) for i in range(45)]
+    lab = OrganizationSource.model_validate({**SOURCE, "ous": [org.ous["lab"]], "exclude": []})
+    assert OrganizationsLister(lambda: session)(lab) == sorted([org.accounts["lab"], *many])
+    assert calls["ListAccountsForParent"] == 3, "46 accounts, 20 a page (moto's default, as AWS's)"
+
+
+def test_an_organizations_error_is_a_listing_error_with_its_code_only(org):
+    lister = OrganizationsLister(boto3.Session)
+    missing = OrganizationSource.model_validate({**SOURCE, "ous": ["ou-zzzz-zzzzzzzz"]})
+    with pytest.raises(ListingError) as info:
+        lister(missing)
+    assert str(info.value) == info.value.code and info.value.code.endswith("Exception"), info.value.code
+
+
+def test_a_list_role_is_assumed_to_list(org):
+    session, _ = counted_session()
+    assumed: list[dict] = []
+    session.events.register("provide-client-params.sts.AssumeRole", lambda params, **_: assumed.append(dict(params)))
+    role = "arn:aws:iam::123456789012:role/vif-gatekeeper-org-list"
+    lab = OrganizationSource.model_validate({**SOURCE, "ous": [org.ous["lab"]], "list_role_arn": role})
+    lister = OrganizationsLister(lambda: session)
+    assert lister(lab) == the(org, "lab")
+    assert lister(lab) == the(org, "lab")
+    assert [a["RoleArn"] for a in assumed] == [role], "assumed once while its keys last"
+    assert "ExternalId" not in assumed[0]
+
+
+# --- expansion ----------------------------------------------------------------------------------------------------
+
+
+def test_expand_appends_the_targets_and_replaces_source_names_in_rules():
+    policy = parse_policy(
+        json.dumps(
+            document(
+                HUB,
+                source(exclude=[]),
+                rules=[{**RULE, "targets": ["org", "hub"]}, {**RULE, "name": "everywhere"}],
+            )
+        )
+    )
+    expanded = expand(policy, {"org": ["210987654321", "111122223333"]})
+    assert [t.name for t in expanded.targets] == [
+        "hub",
+        "org-210987654321-eu-west-1",
+        "org-210987654321-us-east-1",
+        "org-111122223333-eu-west-1",
+        "org-111122223333-us-east-1",
+    ]
+    assert expanded.rules[0].targets == [*(t.name for t in expanded.targets[1:]), "hub"]
+    assert expanded.rules[1].targets is None and expanded.organizations == []
+    assert policy.targets == [policy.targets[0]] and policy.rules[0].targets == ["org", "hub"], "the input is unchanged"
+
+
+def test_a_source_never_listed_generates_nothing_and_its_rules_match_no_target():
+    policy = parse_policy(json.dumps(document(HUB, source(), rules=[{**RULE, "targets": ["org"]}])))
+    expanded = expand(policy, {})
+    assert [t.name for t in expanded.targets] == ["hub"]
+    assert expanded.rules[0].targets == [], "not None: a rule for the source's targets never applies to others"
+
+
+# --- the cache, failures ------------------------------------------------------------------------------------------
+
+
+class Lister:
+    """A stand-in for Organizations: the accounts it lists, or the failure it raises; counts its calls."""
+
+    def __init__(self, accounts: list[str]):
+        self.accounts = accounts
+        self.failure: Exception | None = None
+        self.calls = 0
+
+    def __call__(self, source: OrganizationSource) -> list[str]:
+        self.calls += 1
+        if self.failure is not None:
+            raise self.failure
+        return list(self.accounts)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+POLICY = parse_policy(json.dumps(document(HUB, source(exclude=[]), rules=[{**RULE, "targets": ["org"]}])))
+A, B, C = "210987654321", "111122223333", "777788889999"
+
+
+def names(policy) -> list[str]:
+    return [t.name for t in policy.targets]
+
+
+@pytest.fixture
+def no_metrics():
+    from chalicelib.metrics import metrics
+
+    yield metrics
+    metrics.clear_metrics()  # the failures' counts: not for another test's blob
+
+
+def test_a_listing_is_reused_within_the_ttl_and_refreshed_after(no_metrics):
+    lister, clock = Lister([A]), Clock()
+    targets = OrganizationTargets(lister, ttl=900, clock=clock)
+    first = targets.expanded(POLICY)
+    assert names(first) == ["hub", f"org-{A}-eu-west-1", f"org-{A}-us-east-1"]
+    assert [s.state for s in targets.statuses] == ["listed"]
+    clock.now += 899
+    assert targets.expanded(POLICY) is first and lister.calls == 1, "cached: no call, the same expanded policy"
+    assert [(s.state, s.accounts, s.targets) for s in targets.statuses] == [("cached", 1, 2)]
+    lister.accounts = [A, B]  # a new account joins the OU: no config edit
+    clock.now += 2
+    refreshed = targets.expanded(POLICY)
+    assert lister.calls == 2 and [s.state for s in targets.statuses] == ["listed"]
+    assert f"org-{B}-us-east-1" in names(refreshed) and f"org-{B}-us-east-1" in refreshed.rules[0].targets
+
+
+def test_a_failed_listing_keeps_the_last_good_one_and_warns(no_metrics, caplog):
+    lister, clock, failed = Lister([A, B]), Clock(), []
+    targets = OrganizationTargets(lister, ttl=900, clock=clock, on_failure=lambda *a: failed.append(a))
+    good = targets.expanded(POLICY)
+    clock.now += 901
+    lister.failure = ListingError("TooManyRequestsException")
+    with caplog.at_level("WARNING"):
+        stale = targets.expanded(POLICY)
+    assert names(stale) == names(good), "the accounts of the last good listing are still polled"
+    (status,) = targets.statuses
+    assert (status.state, status.error, status.accounts) == ("stale", "TooManyRequestsException", 2)
+    assert "listing failed with TooManyRequestsException" in status.describe()
+    assert failed == [("org", "TooManyRequestsException", False)]
+    (line,) = [r for r in caplog.records if "organization listing failed" in r.getMessage()]
+    assert line.levelname == "WARNING"
+    clock.now += 30
+    targets.expanded(POLICY)
+    assert lister.calls == 2, "not tried again within a minute of the failure"
+    clock.now += 31
+    lister.failure = None
+    lister.accounts = [A]
+    assert names(targets.expanded(POLICY)) == ["hub", f"org-{A}-eu-west-1", f"org-{A}-us-east-1"]
+    assert lister.calls == 3 and targets.statuses[0].state == "listed"
+
+
+def test_with_no_listing_ever_the_source_is_skipped_and_the_explicit_targets_go_on(no_metrics, caplog):
+    lister, clock, failed = Lister([A]), Clock(), []
+    lister.failure = ListingError("AccessDeniedException")
+    targets = OrganizationTargets(lister, clock=clock, on_failure=lambda *a: failed.append(a))
+    with caplog.at_level("INFO"):
+        policy = targets.expanded(POLICY)
+    assert names(policy) == ["hub"] and policy.rules[0].targets == []
+    (status,) = targets.statuses
+    assert (status.state, status.error) == ("skipped", "AccessDeniedException")
+    assert status.describe() == "NOT LISTED (AccessDeniedException): its targets are skipped"
+    assert failed == [("org", "AccessDeniedException", True)]
+    (line,) = [r for r in caplog.records if "organization listing failed" in r.getMessage()]
+    assert line.levelname == "ERROR" and "skipped" in line.getMessage()
+    lister.failure = RuntimeError("a bug, with text that is not shown")
+    clock.now += 61
+    assert names(targets.expanded(POLICY)) == ["hub"] and targets.statuses[0].error == "RuntimeError"
+
+
+def test_the_external_id_is_never_logged_or_shown(no_metrics, caplog, capsys):
+    from chalicelib.log import logger
+
+    logger.setLevel("DEBUG")
+    lister, clock = Lister([A]), Clock()
+    targets = OrganizationTargets(lister, clock=clock)
+    with caplog.at_level("DEBUG"):
+        policy = targets.expanded(POLICY)
+        clock.now += 901
+        lister.failure = ListingError("ThrottlingException")
+        targets.expanded(POLICY)
+        fresh = OrganizationTargets(lister, clock=clock)
+        fresh.expanded(POLICY)
+    said = caplog.text + "".join(capsys.readouterr()) + repr(policy) + repr(targets.statuses) + repr(POLICY)
+    said += "".join(s.describe() for s in targets.statuses + fresh.statuses)
+    assert "organization listing failed" in said and "org" in said
+    assert EXTERNAL_ID not in said
+    assert {t.external_id for t in policy.targets[1:]} == {EXTERNAL_ID}, "yet it is what each role is assumed with"
