@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -477,3 +478,193 @@ def test_the_external_id_is_never_logged_or_shown(no_metrics, caplog, capsys):
     assert "organization listing failed" in said and "org" in said
     assert EXTERNAL_ID not in said
     assert {t.external_id for t in policy.targets[1:]} == {EXTERNAL_ID}, "yet it is what each role is assumed with"
+
+
+def test_a_two_thousand_account_organization_expands_into_a_target_per_account_and_region(capsys):
+    """Figures (not asserted; bench/organizations.py prints them too): listing and expand time."""
+    from moto.organizations.models import FakeAccount, organizations_backends
+
+    with mock_aws():
+        client = boto3.client("organizations", region_name="us-east-1")
+        client.create_organization(FeatureSet="ALL")
+        root = client.list_roots()["Roots"][0]["Id"]
+        parents = []
+        for i in range(10):
+            unit = client.create_organizational_unit(ParentId=root, Name=f"u{i}")["OrganizationalUnit"]["Id"]
+            parents += [
+                unit,
+                client.create_organizational_unit(ParentId=unit, Name=f"c{i}")["OrganizationalUnit"]["Id"],
+            ]
+        backend = organizations_backends["123456789012"]["aws"]
+        for i in range(2000):  # into moto's model: 2,000 CreateAccount calls would only time moto
+            account = FakeAccount(backend.org, AccountName=f"a{i}", Email=f"a{i}@example.test")
+            account.parent_id = parents[i % len(parents)]
+            backend.accounts.append(account)
+        created = {a.id for a in backend.accounts if a.parent_id != root}
+        policy = parse_policy(
+            json.dumps(document(HUB, source(ous=parents[::2], exclude=[]), rules=[{**RULE, "targets": ["org"]}]))
+        )
+        targets = OrganizationTargets(OrganizationsLister(lambda: boto3.Session(region_name="us-east-1")))
+        started = time.perf_counter()
+        listed = targets.expanded(policy)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        assert targets.expanded(policy) is listed
+        cached = time.perf_counter() - started
+    started = time.perf_counter()
+    expand(policy, {"org": sorted(created)})
+    expanding = time.perf_counter() - started
+    generated = listed.targets[1:]
+    assert len(created) == 2000 and len(generated) == 4000
+    assert {t.account_id for t in generated} == created and {t.region for t in generated} == {"eu-west-1", "us-east-1"}
+    assert len({t.name for t in generated}) == 4000 and len(listed.rules[0].targets or []) == 4000
+    assert all(t.role_arn == f"arn:aws:iam::{t.account_id}:role/VifGatekeeperMember" for t in generated)
+    with capsys.disabled():
+        print(
+            f"\n2,000 accounts x 2 regions: listing + expand {first:.2f} s, expand alone {expanding * 1000:.0f} ms, "
+            f"a cached read {cached * 1e6:.0f} us"
+        )
+
+
+# --- the runtime, the app: one poll cycle with a generated target on the DirectLink sandbox ---------------------------
+
+
+def test_the_runtime_expands_what_poll_fanout_and_work_read(no_metrics):
+    from chalicelib import fanout
+    from chalicelib.runtime import Runtime, Settings
+
+    lister = Lister([A, B, C])
+    settings = Settings(config_source="test", work_queue="w.fifo", fanout_above=5)
+    runtime = Runtime(settings, policy=POLICY, organizations=OrganizationTargets(lister))
+    assert len(runtime.policy.targets) == 7 and fanout.wanted(runtime), "6 generated + hub: past the threshold"
+    assert runtime.document_policy is POLICY and lister.calls == 1
+    quiet = Runtime(Settings(config_source="test", list_organizations=False), policy=POLICY)
+    assert quiet.policy is POLICY and "organizations" not in quiet.__dict__, "listing off: nothing built or called"
+    assert Settings.from_env({"VIFGATE_CONFIG": "x", "VIFGATE_LIST_ORGANIZATIONS": "false"}).list_organizations is False
+    assert Settings.from_env({"VIFGATE_CONFIG": "x", "VIFGATE_ORG_CACHE_SECONDS": "60"}).org_cache_seconds == 60
+    with pytest.raises(ConfigError):
+        Settings.from_env({"VIFGATE_CONFIG": "x", "VIFGATE_ORG_CACHE_SECONDS": "a day"})
+
+
+@dataclass
+class OrgStage:
+    sandbox: Any
+    member: str
+    suspended: str
+    vif: str
+    assumed: list[dict]
+
+    @property
+    def target(self) -> str:
+        return f"org-{self.member}-{REGION}"
+
+
+REGION = "eu-west-2"  # the sandbox's region
+
+
+@pytest.fixture
+def org_stage(aws, directlink, monkeypatch):
+    """The prod stage: the sandbox's three targets, and an OU whose ACTIVE member has a trusted VIF waiting."""
+    import botocore.client
+    import chalice.test
+    import yaml
+
+    from chalicelib.ledger import create_table
+    from sandbox import scenario
+    from sandbox.local import create_queues
+    from tests.test_app import StageTimeoutContext
+
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
+    create_table(boto3.client("dynamodb"), "vifgate-prod-ledger")
+    create_queues(boto3.client("sqs"), "vifgate-prod-events.fifo", "vifgate-prod-events-dlq.fifo")
+    create_queues(boto3.client("sqs"), "vifgate-prod-work.fifo", "vifgate-prod-work-dlq.fifo")
+    client = boto3.client("organizations", region_name="us-east-1")
+    client.create_organization(FeatureSet="ALL")
+    root = client.list_roots()["Roots"][0]["Id"]
+    network = client.create_organizational_unit(ParentId=root, Name="network")["OrganizationalUnit"]["Id"]
+    member = _account(client, "network-prod", network, root)
+    suspended = _account(client, "network-old", network, root)
+    client.close_account(AccountId=suspended)
+    # In the sandbox: each account's gateway, and a VIF the partner allocated to each.
+    gateway = directlink.add_gateway(member, state="available")
+    directlink.add_gateway(suspended, state="available")
+    vif = directlink.allocate(scenario.PARTNER_CONNECTION, member, name="org-app", vlan=120, asn=65001)
+    directlink.allocate(scenario.PARTNER_CONNECTION, suspended, name="org-old", vlan=121, asn=65001)
+    # A role's keys from moto's STS sign, in the sandbox, as the role's account.
+    assumed: list[dict] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def calling(api, operation, params):
+        answer = original(api, operation, params)
+        if (api.meta.service_model.service_name, operation) == ("sts", "AssumeRole"):
+            assumed.append(dict(params))
+            keys = answer["Credentials"]
+            directlink.add_account(params["RoleArn"].split(":")[4], keys["AccessKeyId"], keys["SecretAccessKey"])
+        return answer
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", calling)
+    config = yaml.safe_load(scenario.CONFIG)
+    config["targets"].append(source(ous=[network], regions=[REGION], exclude=[]))
+    trusted = {
+        "name": "org-trusted",
+        "accounts": [member, suspended],
+        "connections": [scenario.PARTNER_CONNECTION],
+        "gateway": gateway,
+        "targets": ["org"],
+        "action": "confirm",
+    }
+    config["rules"].insert(0, trusted)
+    boto3.client("ssm").put_parameter(
+        Name="/vifgate/prod/config", Value=yaml.safe_dump(config), Type="SecureString", Overwrite=True
+    )
+    return OrgStage(directlink, member, suspended, vif["virtualInterfaceId"], assumed)
+
+
+def scheduled(client) -> dict:
+    return client.events.generate_cw_event(source="aws.events", detail_type="Scheduled Event", detail={}, resources=[])
+
+
+def test_one_poll_cycle_confirms_the_trusted_vif_of_a_listed_account(org_stage, no_metrics, caplog):
+    from chalice.test import Client
+
+    from app import app
+    from chalicelib.ledger import Ledger
+    from tests.conftest import confirm_calls
+
+    stage = org_stage
+    with caplog.at_level("DEBUG"), Client(app, stage_name="prod") as client:
+        summary = client.lambda_.invoke("poll", scheduled(client)).payload
+    assert sorted(summary["targets_ok"]) == sorted(["osc-prod", "osc-staging", "osc-lab", stage.target]), summary
+    assert stage.sandbox.vif(stage.vif)["virtualInterfaceState"] in ("pending", "available")
+    record = Ledger(boto3.client("dynamodb"), "vifgate-prod-ledger").load(stage.target).vifs[stage.vif]
+    assert record.confirmed_at, "recorded under the generated target"
+    member_role = f"arn:aws:iam::{stage.member}:role/VifGatekeeperMember"
+    assert [(a["RoleArn"], a.get("ExternalId")) for a in stage.assumed] == [(member_role, EXTERNAL_ID)]
+    assert stage.suspended not in {account for _op, account in stage.sandbox.calls}, "a SUSPENDED account is not polled"
+    assert len(confirm_calls(stage.sandbox)) == 1 + 2, "the org VIF and the scenario's two trusted prod VIFs"
+    assert EXTERNAL_ID not in caplog.text and EXTERNAL_ID not in json.dumps(summary)
+
+
+def test_past_the_threshold_the_work_function_lists_too_and_polls_the_generated_target(org_stage, monkeypatch):
+    from chalice.test import Client
+
+    from app import app
+    from chalicelib import runtime
+
+    stage = org_stage
+    monkeypatch.setenv("VIFGATE_FANOUT_ABOVE", "1")
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName="vifgate-prod-work.fifo")["QueueUrl"]
+    with Client(app, stage_name="prod") as client:
+        summary = client.lambda_.invoke("poll", scheduled(client)).payload
+        assert summary["fanned_out"] == 4, summary
+        bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+        monkeypatch.setattr(runtime, "_cached", None)  # another function: another process, its own listing
+        polled = []
+        for body in bodies:
+            event = client.events.generate_sqs_event(queue_name="vifgate-prod-work.fifo", message_bodies=[body])
+            answer = client.lambda_.invoke("work", event).payload
+            polled += answer["targets_ok"]
+            assert "unknown_targets" not in answer, answer
+    assert stage.target in polled
+    assert stage.sandbox.vif(stage.vif)["virtualInterfaceState"] in ("pending", "available")
