@@ -283,13 +283,15 @@ def _poll(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _bad_config(exc)
     _print_report(report, as_json=args.json)
-    return EXIT_OK if report.ok else EXIT_TARGET_FAILED
+    skipped = _print_skipped_sources(runtime, as_json=args.json)
+    return EXIT_OK if report.ok and not skipped else EXIT_TARGET_FAILED
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
         runtime = _runtime(args)
-        policy = runtime.policy
+        # --offline validates the document alone: its Organizations sources are not listed.
+        policy = runtime.document_policy if args.offline else runtime.policy
     except ConfigError as exc:
         return _bad_config(exc)
     if not args.json:
@@ -299,6 +301,8 @@ def _check(args: argparse.Namespace) -> int:
             f"default_action {policy.default_action}; confirm rules trust "
             f"{len(allow['accounts'])} account(s) and {len(allow['gateways'])} gateway(s)"
         )
+        for line in _source_lines(runtime, offline=args.offline):
+            print(line)
         if not policy.auto_confirm:
             print(_paused_line(policy))
     if args.offline:
@@ -306,7 +310,39 @@ def _check(args: argparse.Namespace) -> int:
     targets, flush = _split(args.budget)
     report = run_cycle(runtime, dry_run=True, record=False, budget_seconds=targets, flush_seconds=flush)
     _print_report(report, as_json=args.json, what_if=True)
-    return EXIT_OK if report.ok else EXIT_TARGET_FAILED
+    skipped = _print_skipped_sources(runtime, as_json=args.json, listed=True)
+    return EXIT_OK if report.ok and not skipped else EXIT_TARGET_FAILED
+
+
+def _source_statuses(runtime: Runtime) -> list[Any]:
+    """What each Organizations source gave the last time the policy was read (none: no source, or listing off)."""
+    if not runtime.document_policy.organizations or not runtime.settings.list_organizations:
+        return []
+    return list(runtime.organizations.statuses)
+
+
+def _source_lines(runtime: Runtime, *, offline: bool) -> list[str]:
+    """Per Organizations source: how many accounts and targets it produced, or that it was not listed."""
+    sources = runtime.document_policy.organizations
+    if offline or not runtime.settings.list_organizations:
+        why = "--offline" if offline else "VIFGATE_LIST_ORGANIZATIONS is off"
+        return [
+            f"  from_organization {s.name}: not listed ({why}); {len(s.ous)} OU/root id(s), "
+            f"{len(s.regions)} region(s), {len(s.exclude)} account(s) excluded"
+            for s in sources
+        ]
+    return [f"  from_organization {status.source}: {status.describe()}" for status in _source_statuses(runtime)]
+
+
+def _print_skipped_sources(runtime: Runtime, *, as_json: bool, listed: bool = False) -> bool:
+    """Name each source whose targets were skipped (never listed); True when there is one (exit 1)."""
+    skipped = [s for s in _source_statuses(runtime) if s.state == "skipped"]
+    for status in skipped:
+        if as_json or listed:
+            print(f"vifgate: from_organization {status.source} failed: {status.describe()}", file=sys.stderr)
+        else:
+            print(f"  FAILED from_organization {status.source}: {status.describe()}")
+    return bool(skipped)
 
 
 def _paused_line(policy: Policy) -> str:

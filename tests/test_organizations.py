@@ -546,6 +546,25 @@ def test_the_runtime_expands_what_poll_fanout_and_work_read(no_metrics):
         Settings.from_env({"VIFGATE_CONFIG": "x", "VIFGATE_ORG_CACHE_SECONDS": "a day"})
 
 
+def sandbox_keys(sandbox, monkeypatch) -> list[dict]:
+    """A role's keys from moto's STS sign, in the sandbox, as the role's account; returns the AssumeRole calls."""
+    import botocore.client
+
+    assumed: list[dict] = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def calling(api, operation, params):
+        answer = original(api, operation, params)
+        if (api.meta.service_model.service_name, operation) == ("sts", "AssumeRole"):
+            assumed.append(dict(params))
+            keys = answer["Credentials"]
+            sandbox.add_account(params["RoleArn"].split(":")[4], keys["AccessKeyId"], keys["SecretAccessKey"])
+        return answer
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", calling)
+    return assumed
+
+
 @dataclass
 class OrgStage:
     sandbox: Any
@@ -565,7 +584,6 @@ REGION = "eu-west-2"  # the sandbox's region
 @pytest.fixture
 def org_stage(aws, directlink, monkeypatch):
     """The prod stage: the sandbox's three targets, and an OU whose ACTIVE member has a trusted VIF waiting."""
-    import botocore.client
     import chalice.test
     import yaml
 
@@ -590,19 +608,7 @@ def org_stage(aws, directlink, monkeypatch):
     directlink.add_gateway(suspended, state="available")
     vif = directlink.allocate(scenario.PARTNER_CONNECTION, member, name="org-app", vlan=120, asn=65001)
     directlink.allocate(scenario.PARTNER_CONNECTION, suspended, name="org-old", vlan=121, asn=65001)
-    # A role's keys from moto's STS sign, in the sandbox, as the role's account.
-    assumed: list[dict] = []
-    original = botocore.client.BaseClient._make_api_call
-
-    def calling(api, operation, params):
-        answer = original(api, operation, params)
-        if (api.meta.service_model.service_name, operation) == ("sts", "AssumeRole"):
-            assumed.append(dict(params))
-            keys = answer["Credentials"]
-            directlink.add_account(params["RoleArn"].split(":")[4], keys["AccessKeyId"], keys["SecretAccessKey"])
-        return answer
-
-    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", calling)
+    assumed = sandbox_keys(directlink, monkeypatch)
     config = yaml.safe_load(scenario.CONFIG)
     config["targets"].append(source(ous=[network], regions=[REGION], exclude=[]))
     trusted = {
@@ -668,3 +674,59 @@ def test_past_the_threshold_the_work_function_lists_too_and_polls_the_generated_
             assert "unknown_targets" not in answer, answer
     assert stage.target in polled
     assert stage.sandbox.vif(stage.vif)["virtualInterfaceState"] in ("pending", "available")
+
+
+# --- vifgate check ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def check(org, directlink, tmp_path, monkeypatch, capsys):
+    """`vifgate check` on a document with a source over prod (4 ACTIVE accounts) in the sandbox's region."""
+    from chalicelib import cli
+
+    sandbox_keys(directlink, monkeypatch)
+    from chalicelib import organizations
+
+    calls: Counter = Counter()
+    real = organizations.active_accounts
+
+    def counted(client, parents):
+        calls.update(["listed"])
+        return real(client, parents)
+
+    monkeypatch.setattr(organizations, "active_accounts", counted)
+
+    def run(*options: str, ous: list[str] | None = None) -> tuple[int, str, str]:
+        path = tmp_path / "policy.yaml"
+        entry = source(ous=ous or [org.ous["prod"]], regions=[REGION], exclude=[org.accounts["app"]])
+        path.write_text(json.dumps(document(entry)))
+        code = cli.main(["check", "--config", str(path), *options])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.calls = calls  # type: ignore[attr-defined]
+    return run
+
+
+def test_check_offline_validates_without_listing(check):
+    code, out, _ = check("--offline")
+    assert code == 0 and check.calls["listed"] == 0
+    assert out.splitlines()[1] == (
+        "  from_organization org: not listed (--offline); 1 OU/root id(s), 1 region(s), 1 account(s) excluded"
+    )
+
+
+def test_check_shows_what_each_source_produced_and_polls_its_targets(check):
+    code, out, err = check()
+    assert code == 0, out + err
+    assert out.splitlines()[0].startswith("config OK: 3 target(s)")
+    assert out.splitlines()[1] == "  from_organization org: 3 account(s) -> 3 target(s) (listed)"
+    assert check.calls["listed"] == 1, "listed once for the whole command"
+    assert "targets OK: org-" in out and EXTERNAL_ID not in out + err
+
+
+def test_check_names_a_source_it_could_not_list_and_exits_1(check):
+    code, out, err = check(ous=["ou-zzzz-zzzzzzzz"])
+    assert code == 1
+    assert "  from_organization org: NOT LISTED (" in out and "its targets are skipped" in out
+    assert "vifgate: from_organization org failed: NOT LISTED" in err and EXTERNAL_ID not in out + err
