@@ -32,6 +32,12 @@ _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "&#92;"}
 # CommonMark's, so both render the character alone; `(`, `)`, `.`, `-` are left as they are
 # (harmless without `[` or outside a line start), so ordinary names read unchanged.
 _SPECIAL = re.compile(r"[&<>\\`*_\[\]#|~]")
+# marked (GFM) and the mobile app turn a bare `scheme://…`, `www.…` or e-mail address in plain text
+# into a link: a VIF named after a look-alike login page would be one click away. A backslash before
+# the `:` of `://`, the `.` of `www.` and the dots of an address's domain breaks each pattern and
+# renders nothing (escapable punctuation in marked and CommonMark); other names keep their dots.
+_AUTOLINK = re.compile(r":(?=//)|(?<![\w.])(?i:www)\.|(?<=@)[\w-]+(?:\.[\w-]+)+")
+
 # A list marker where a string starts a line (each string is one line: no setext heading can form).
 _LINE_START = re.compile(r"^(?:[-+]|\d{1,9}[.)])")
 # The server reads a mention in any word that is, or after `.-:` contains, `@name`: only an `@`
@@ -44,9 +50,16 @@ def _escape_char(match: re.Match[str]) -> str:
     return _ENTITIES.get(char) or "\\" + char
 
 
+def _unlink(match: re.Match[str]) -> str:
+    found = match.group()
+    if found == ":":
+        return "\\:"
+    return found.replace(".", "\\.")
+
+
 def escape(text: str) -> str:
     """Plain text as Mattermost Markdown that renders as that text: no link, image, mention or formatting."""
-    text = _SPECIAL.sub(_escape_char, text)
+    text = _AUTOLINK.sub(_unlink, _SPECIAL.sub(_escape_char, text))
     start = _LINE_START.match(text)
     if start:
         split = start.end() - 1  # escape the marker itself: `\- item`, `1\. item`

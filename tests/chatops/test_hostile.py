@@ -240,7 +240,7 @@ def _slack_buttons_carry_only_our_ids(block: dict) -> None:
 
 # Mattermost (marked in the web app, commonmark in the mobile app, its own parser on the server for
 # mentions) with Slack compatibility: after our escapes are taken out, none of these may remain.
-_MM_ESCAPED = re.compile(r"\\[\\`*_{}\[\]()#+\-.!|~>]|&(?:amp|lt|gt|#\d+);")
+_MM_ESCAPED = re.compile(r"\\[\\`*_{}\[\]()#+\-.!|~>:]|&(?:amp|lt|gt|#\d+);")
 _MM_LIVE = re.compile(r"[\\`*_\[\]#|~<>&]|(?<![^\W_])@(?=[\w.:-])")
 _MM_LINE_START = re.compile(r"^(?:[-+=]|\d+[.)]|\s)")
 
@@ -285,7 +285,7 @@ def _mattermost_unescape(text: str) -> str:
 def test_mattermost_breaks_every_mention_the_server_would_see():
     # The server splits words on anything but letters, digits and `:.-_@`, then on `.-:`
     text = mattermost.escape("@all x.@here note:@channel -@all _@all (@all) alice@example.com")
-    assert text.count("@\u200b") == 6 and "alice@example.com" in text
+    assert text.count("@\u200b") == 6 and "alice@example\\.com" in text  # no mention; no mailto link either
 
 
 # --- Teams ---------------------------------------------------------------------------------------
@@ -397,3 +397,24 @@ def test_escapes_are_undone_by_each_chat():
     assert slack.escape(plain) == plain
     assert mattermost.escape(plain) == plain
     assert html.unescape(slack.escape("<a & b>")) == "<a & b>"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "partner https://evil.example/login?next=approve",
+        "HTTP://EVIL.EXAMPLE",
+        "ftp://files.evil.example/x",
+        "see www.evil.example now",
+        "WWW.Evil.Example",
+        "mail security@evil.example",
+        "mattermost://evil",
+    ],
+)
+def test_mattermost_turns_no_bare_url_or_address_into_a_link(value):
+    """marked (web) and the mobile app autolink schemes, `www.` and e-mail addresses in plain text."""
+    text = mattermost.escape(value)
+    assert not re.search(r"[A-Za-z][A-Za-z0-9+.-]*://", text), text
+    assert not re.search(r"(?i)www\.", text), text
+    assert not re.search(r"[\w.+-]@[\w-]+\.\w", text), text
+    assert _mattermost_unescape(text) == value

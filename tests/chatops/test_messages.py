@@ -489,16 +489,16 @@ def test_mattermost_actions_are_links_and_mentions_are_broken():
     assert body["attachments"][0]["text"] == (
         f"[Approve]({ACTIONS[0].url}) · [Reject]({ACTIONS[1].url}) · [Details]({ACTIONS[2].url})"
     )
-    assert body["text"] == "VIF @\u200bchannel waits, ask alice@example.com."
+    assert body["text"] == "VIF @\u200bchannel waits, ask alice@example\\.com."
 
 
 @pytest.mark.parametrize(
     "text, escaped",
     [
         ("prod-par-1 (dxvif-fgh12345).", "prod-par-1 (dxvif-fgh12345)."),
-        ("<!channel> & <https://evil.example|click>", "&lt;!channel&gt; &amp; &lt;https://evil.example\\|click&gt;"),
-        ("[x](https://evil.example)", "\\[x\\](https://evil.example)"),
-        ("![i](https://e.example/a.png)", "!\\[i\\](https://e.example/a.png)"),
+        ("<!channel> & <https://evil.example|click>", "&lt;!channel&gt; &amp; &lt;https\\://evil.example\\|click&gt;"),
+        ("[x](https://evil.example)", "\\[x\\](https\\://evil.example)"),
+        ("![i](https://e.example/a.png)", "!\\[i\\](https\\://e.example/a.png)"),
         ("**b** _i_ ~~s~~ `c`", "\\*\\*b\\*\\* \\_i\\_ \\~\\~s\\~\\~ \\`c\\`"),
         ("# h | t", "\\# h \\| t"),
         ("\\[x\\](u)", "&#92;\\[x&#92;\\](u)"),
@@ -507,6 +507,11 @@ def test_mattermost_actions_are_links_and_mentions_are_broken():
         ("a - b. 1. c", "a - b. 1. c"),
         ("&lt;", "&amp;lt;"),
         ("@all: x.@here", "@\u200ball: x.@\u200bhere"),
+        # no autolink: a scheme's `://`, `www.`, an address's domain; other dots and colons stay
+        ("https://evil.example/login", "https\\://evil.example/login"),
+        ("see WWW.evil.example", "see WWW\\.evil.example"),
+        ("ask sec@evil.example.com", "ask sec@evil\\.example\\.com"),
+        ("prod-par-1.eu at 09:00", "prod-par-1.eu at 09:00"),
     ],
 )
 def test_mattermost_escape(text, escaped):
