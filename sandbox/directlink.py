@@ -4,7 +4,7 @@ from types import TracebackType
 from typing import Self
 
 from .clock import SandboxClock
-from .directlink_server import ApiServer, Faults
+from .directlink_server import ApiServer, Faults, Request
 from .directlink_state import DirectLinkState, Flavor, Wire
 
 
@@ -93,6 +93,15 @@ class DirectLinkSandbox:
     def calls(self) -> list[tuple[str, str]]:
         """(operation, account id) of every request that passed auth, faulted ones included, in order."""
         return self._server.calls
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request that passed auth, with the VIF it named and its outcome ("ok" or the error code)."""
+        return self._server.requests
+
+    def requests_for(self, vif_id: str, operation: str = "ConfirmPrivateVirtualInterface") -> list[Request]:
+        """The requests of one operation naming vif_id, refused and faulted ones included, in order."""
+        return [r for r in self._server.requests if r.operation == operation and r.vif_id == vif_id]
 
     @property
     def fault_counts(self) -> dict[str, int]:

@@ -37,6 +37,16 @@ def _fault_problem(name: str, value: Any) -> str | None:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One authenticated API request as the sandbox saw it: what, by whom, on which VIF, and how it ended."""
+
+    operation: str
+    account_id: str
+    vif_id: str | None  # the request's virtualInterfaceId, when it names one
+    outcome: str  # "ok", or the error code answered (an injected fault's included)
+
+
+@dataclass(frozen=True)
 class Faults:
     """Fault injection applied to authenticated API requests."""
 
@@ -69,6 +79,7 @@ class ApiServer:
         self._faults = faults
         self._fault_rng = random.Random(seed)
         self._calls: list[tuple[str, str]] = []
+        self._requests: list[Request] = []
         self._fault_counts = {"throttled": 0, "failed": 0}
         self._last_request_headers: dict[str, str] = {}
         self._httpd: _HTTPServer | None = None
@@ -106,6 +117,19 @@ class ApiServer:
     def calls(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._calls)
+
+    @property
+    def requests(self) -> list[Request]:
+        with self._lock:
+            return list(self._requests)
+
+    def record_request(self, operation: str, account_id: str, body: bytes, outcome: str) -> None:
+        try:
+            vif_id = json.loads(body or b"{}").get("virtualInterfaceId")
+        except (ValueError, AttributeError):
+            vif_id = None
+        with self._lock:
+            self._requests.append(Request(operation, account_id, vif_id if isinstance(vif_id, str) else None, outcome))
 
     @property
     def fault_counts(self) -> dict[str, int]:
@@ -300,9 +324,15 @@ class _Handler(BaseHTTPRequestHandler):
             service=SERVICE,
             credentials=api.credentials,
         )
-        api.admit(operation, account_id)
-        params = _json_object(body, "SerializationException")
-        return {**api.state.handle(operation, account_id, params), "requestId": request_id}
+        try:
+            api.admit(operation, account_id)
+            params = _json_object(body, "SerializationException")
+            answer = api.state.handle(operation, account_id, params)
+        except ApiError as error:
+            api.record_request(operation, account_id, body, error.code)
+            raise
+        api.record_request(operation, account_id, body, "ok")
+        return {**answer, "requestId": request_id}
 
     def _admin(self, method: str, path: str, body: bytes) -> dict[str, Any]:
         if not ipaddress.ip_address(self.client_address[0]).is_loopback:
