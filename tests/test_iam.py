@@ -64,6 +64,9 @@ ACTIONS = {
         "directconnect:ConfirmPrivateVirtualInterface",
         "directconnect:DeleteVirtualInterface",
         "sts:AssumeRole",
+        # from_organization sources: the poller lists the units and their accounts (or assumes list_role_arn to).
+        "organizations:ListChildren",
+        "organizations:ListAccountsForParent",
     },
     "notify": COMMON
     | {
@@ -141,6 +144,7 @@ def attributes(stage: str, region: str) -> dict[str, str]:
         "AWS::Region": region,
         "AWS::AccountId": ACCOUNT,
         "MemberRoleName": "vif-gatekeeper-member",
+        "OrgListRoleName": "vif-gatekeeper-org-list",
         "PolicyApplication.ApplicationId": "app1234",
         "PolicyEnvironment.EnvironmentId": "env1234",
         "PolicyProfile.ConfigurationProfileId": "prof123",
@@ -203,7 +207,17 @@ def test_only_the_pollers_touch_directlink_or_assume_roles_and_only_on_exact_res
         poller = resolve(policy(policy_file(stage, function)), stage)
         for action in ("directconnect:ConfirmPrivateVirtualInterface", "directconnect:DeleteVirtualInterface"):
             assert resources_of(poller, action) == [f"arn:aws:directconnect:*:{ACCOUNT}:dxvif/*"], action
-        assert resources_of(poller, "sts:AssumeRole") == ["arn:aws:iam::*:role/vif-gatekeeper-member"]
+        assert resources_of(poller, "sts:AssumeRole") == [
+            "arn:aws:iam::*:role/vif-gatekeeper-member",
+            "arn:aws:iam::*:role/vif-gatekeeper-org-list",
+        ]
+        for action in ("organizations:ListChildren", "organizations:ListAccountsForParent"):
+            assert resources_of(poller, action) == [
+                "arn:aws:organizations::*:root/o-*/r-*",
+                "arn:aws:organizations::*:ou/o-*/ou-*",
+            ], action
+        assert "organizations:" not in json.dumps(policy(policy_file(stage, "notify"))), "nor notify, nor api"
+        assert "organizations:" not in json.dumps(policy(policy_file(stage, "api_handler")))
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -383,6 +397,12 @@ def needed(service: str, operation: str, params: dict, region: str) -> list[tupl
         queue = params["QueueName"] if operation == "GetQueueUrl" else params["QueueUrl"].rsplit("/", 1)[1]
         action = "SendMessage" if operation == "SendMessageBatch" else operation  # IAM has no batch action
         return [(f"sqs:{action}", f"{prefix}:{queue}")]
+    if service == "organizations":  # an OU's or root's ARN names the management account and the organization
+        parent = params["ParentId"]
+        kind = "root" if parent.startswith("r-") else "ou"
+        return [(f"organizations:{operation}", f"arn:aws:organizations::{ACCOUNT}:{kind}/o-example12/{parent}")]
+    if service == "sts" and operation == "AssumeRole":
+        return [("sts:AssumeRole", params["RoleArn"])]
     if service == "lambda" and operation == "Invoke":
         return [("lambda:InvokeFunction", f"{prefix}:function:{params['FunctionName']}")]
     return [(f"{service}:{operation}", "*")]
@@ -579,3 +599,58 @@ def test_every_call_of_a_fan_out_and_its_work_functions_is_granted_by_each_own_p
     assert {"dynamodb", "sqs", "secretsmanager", "ssm"} <= {s for s, _, _ in recorder.calls}
     refused = refused_calls(recorder.calls, stage, "work")
     assert not refused, f"the work function calls what {policy_file(stage, 'work')} does not grant: {refused}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_only_the_pollers_list_organizations(stage):
+    """The api and notify functions read the policy too, but never list a from_organization source (no grant)."""
+    functions = stage_config(stage)["lambda_functions"]
+    for function in ("api_handler", "notify"):
+        assert functions[function]["environment_variables"]["VIFGATE_LIST_ORGANIZATIONS"] == "false", function
+    for function in ("poll", "work"):
+        assert "VIFGATE_LIST_ORGANIZATIONS" not in functions[function].get("environment_variables", {}), function
+
+
+def test_every_call_of_a_poll_listing_an_organization_through_its_list_role_is_granted(aws, directlink, monkeypatch):
+    """A from_organization source listed with list_role_arn, then its account's role assumed: each call granted."""
+    from app import app
+
+    stage = "prod"
+    pollers_world(stage)
+    org = boto3.client("organizations", region_name="us-east-1")
+    org.create_organization(FeatureSet="ALL")
+    root = org.list_roots()["Roots"][0]["Id"]
+    unit = org.create_organizational_unit(ParentId=root, Name="network")["OrganizationalUnit"]["Id"]
+    member = org.create_account(Email="network@example.test", AccountName="network")["CreateAccountStatus"]["AccountId"]
+    org.move_account(AccountId=member, SourceParentId=root, DestinationParentId=unit)
+    ssm = boto3.client("ssm")
+    name = f"/vifgate/{stage}/config"
+    document = yaml.safe_load(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
+    list_role = f"arn:aws:iam::{ACCOUNT}:role/vif-gatekeeper-org-list"
+    source = {"name": "org", "ous": [unit], "role_name": "vif-gatekeeper-member", "regions": ["eu-west-2"]}
+    document["targets"].append({"from_organization": source | {"list_role_arn": list_role}})
+    ssm.put_parameter(Name=name, Value=yaml.safe_dump(document), Type="SecureString", Overwrite=True)
+    monkeypatch.setattr(chalice.test, "LambdaContext", StageTimeoutContext)
+    recorder = CallRecorder()
+    recorder.install(monkeypatch)
+    recorder.recording = True
+    with Client(app, stage_name=stage) as client:
+        answer = client.lambda_.invoke("poll", scheduled_event(client)).payload
+    recorder.recording = False
+    # The sandbox does not know the member's keys: the target fails there, after its role was assumed.
+    polled = answer["targets_ok"] + [failure["target"] for failure in answer["targets_failed"]]
+    assert f"org-{member}-eu-west-2" in polled, answer
+    assumed = [p["RoleArn"] for s, o, p in recorder.calls if (s, o) == ("sts", "AssumeRole")]
+    assert assumed == [list_role, f"arn:aws:iam::{member}:role/vif-gatekeeper-member"]
+    assert {o for s, o, _ in recorder.calls if s == "organizations"} == {"ListChildren", "ListAccountsForParent"}
+    region = boto3.session.Session().region_name
+    document = resolve(policy(policy_file(stage, "poll")), stage, region)
+    refused = [
+        (action, resource)
+        for service, operation, params in recorder.calls
+        if service in ("organizations", "sts")
+        for action, resource in needed(service, operation, params, region)
+        if not allowed(document, action, resource)
+    ]
+    assert not refused, f"the poll function calls what {policy_file(stage, 'poll')} does not grant: {refused}"
+    assert not refused_calls(recorder.calls, stage, "poll")

@@ -94,6 +94,45 @@ def test_the_poll_role_may_assume_only_the_member_role_name():
     assert template["Parameters"]["MemberRoleName"]["Default"] == member_role()["Parameters"]["RoleName"]["Default"]
 
 
+def test_the_template_embeds_the_committed_config_schema_as_appconfig_validator():
+    """AppConfig checks each version against the template's copy: it must accept from_organization entries too."""
+    resources = json.loads((ROOT / "infra/template.json").read_text())["Resources"]
+    (validator,) = resources["PolicyProfile"]["Properties"]["Validators"]
+    assert json.loads(validator["Content"]) == json.loads((ROOT / "infra/config-schema.json").read_text())
+
+
+def org_list_role() -> dict:
+    return yaml.load((ROOT / "infra/org-list-role.yaml").read_text(), Loader=CfnLoader)
+
+
+def test_org_list_role_template_lints():
+    lint = subprocess.run([str(BIN / "cfn-lint"), "infra/org-list-role.yaml"], cwd=ROOT, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_org_list_role_trusts_only_the_gatekeeper_roles_and_may_only_list_units_and_their_accounts():
+    template = org_list_role()
+    assert set(template["Parameters"]) == {"GatekeeperRoleArn", "WorkerRoleArn", "RoleName"}
+    stack = json.loads((ROOT / "infra/template.json").read_text())
+    assert template["Parameters"]["RoleName"]["Default"] == stack["Parameters"]["OrgListRoleName"]["Default"]
+    role = template["Resources"]["OrgListRole"]["Properties"]
+    assert role["RoleName"] == {"Ref": "RoleName"}
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust == {
+        "Effect": "Allow",
+        "Principal": {"AWS": [{"Ref": "GatekeeperRoleArn"}, {"Ref": "WorkerRoleArn"}]},
+        "Action": "sts:AssumeRole",
+    }
+    (statement,) = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == ["organizations:ListChildren", "organizations:ListAccountsForParent"]
+    assert statement["Resource"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:organizations::*:root/o-*/r-*"},
+        {"Fn::Sub": "arn:${AWS::Partition}:organizations::*:ou/o-*/ou-*"},
+    ]
+    assert not re.search(r"\b\d{12}\b", json.dumps(template)), "no account id in the template"
+
+
 def test_the_work_queue_outlasts_six_work_timeouts_and_sheds_to_an_alarmed_dead_letter_queue():
     """AWS: an SQS event source's visibility timeout is at least 6x the function's timeout (throttled retries)."""
     resources = json.loads((ROOT / "infra/template.json").read_text())["Resources"]
