@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .config import Policy, Rule, Target
+from .config import OrganizationSource, Policy, Rule, Target
 
 Kind = Literal["added", "removed", "changed", "widened", "narrowed"]
 WIDENED, NARROWED = "TRUST WIDENED", "trust narrowed"
@@ -99,6 +99,7 @@ def diff(old: Policy | None, new: Policy) -> Diff:
             result.add("narrowed", "auto-confirm is PAUSED (auto_confirm: false)")
         return result
     _targets(result, old, new)
+    _sources(result, old, new)
     _rules(result, old, new)
     _top_level(result, old, new)
     _approvals(result, old, new)
@@ -121,7 +122,25 @@ def _targets(result: Diff, old: Policy, new: Policy) -> None:
             result.add("removed", f"target {name} (no longer polled)")
 
 
-def _changed_fields(old: Target | Rule, new: Target | Rule) -> list[str]:
+def _sources(result: Diff, old: Policy, new: Policy) -> None:
+    """Organizations sources: which accounts get polled (what is trusted stays the rules' to say)."""
+    before = {s.name: s for s in old.organizations}
+    after = {s.name: s for s in new.organizations}
+    for name, source in after.items():
+        if name not in before:
+            result.add(
+                "added",
+                f"from_organization {name} (ous {_shown(source.ous)}, regions {_shown(source.regions)}, "
+                f"role {source.role_name})",
+            )
+        elif fields := _changed_fields(before[name], source):
+            result.add("changed", f"from_organization {name}: {', '.join(fields)}")
+    for name in before:
+        if name not in after:
+            result.add("removed", f"from_organization {name} (its accounts no longer polled)")
+
+
+def _changed_fields(old: Target | Rule | OrganizationSource, new: Target | Rule | OrganizationSource) -> list[str]:
     """`field a -> b` for plain fields, `field changed` for secret references and the external id."""
     out = []
     for name in type(new).model_fields:

@@ -730,3 +730,28 @@ def test_check_names_a_source_it_could_not_list_and_exits_1(check):
     assert code == 1
     assert "  from_organization org: NOT LISTED (" in out and "its targets are skipped" in out
     assert "vifgate: from_organization org failed: NOT LISTED" in err and EXTERNAL_ID not in out + err
+
+
+# --- vifgate config diff --------------------------------------------------------------------------------------------
+
+
+def test_config_diff_names_sources_added_changed_and_removed_never_the_external_id():
+    from chalicelib.configdiff import diff
+
+    old = parse_policy(json.dumps(document(HUB, source())))
+    new = parse_policy(
+        json.dumps(
+            document(
+                HUB,
+                source(ous=["ou-abcd-11111111"], external_id="org-ext-rotated-000000"),
+                source(name="lab", ous=["ou-abcd-22222222"], regions=["eu-west-3"]),
+            )
+        )
+    )
+    lines = diff(old, new).lines()
+    assert lines == [
+        "  ~ from_organization org: ous [ou-abcd-11111111, r-abcd] -> [ou-abcd-11111111], external_id changed",
+        "  + from_organization lab (ous [ou-abcd-22222222], regions [eu-west-3], role VifGatekeeperMember)",
+    ]
+    assert diff(new, old).lines()[-1] == "  - from_organization lab (its accounts no longer polled)"
+    assert not any(EXTERNAL_ID in line or "rotated" in line for line in lines + diff(new, old).lines())
