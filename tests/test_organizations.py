@@ -680,7 +680,7 @@ def test_past_the_threshold_the_work_function_lists_too_and_polls_the_generated_
 
 
 @pytest.fixture
-def check(org, directlink, tmp_path, monkeypatch, capsys):
+def check(org, directlink, tmp_path, monkeypatch, capsys, no_metrics):
     """`vifgate check` on a document with a source over prod (4 ACTIVE accounts) in the sandbox's region."""
     from chalicelib import cli
 
