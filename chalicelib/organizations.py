@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from .config import ConfigError, OrganizationSource, Policy, Rule, _describe
+from .config import ConfigError, OrganizationSource, Policy, Rule, Target, _describe
 from .log import logger
 
 DEFAULT_CACHE_SECONDS = 900
@@ -166,6 +166,21 @@ def expand(policy: Policy, accounts_by_source: Mapping[str, Iterable[str]]) -> P
         return Policy.model_validate(fields)
     except ValidationError as exc:
         raise ConfigError("from_organization", [_describe(e) for e in exc.errors(include_url=False)]) from None
+
+
+def target_named(policy: Policy, name: str) -> Target | None:
+    """The target a source of `policy` generates under `name`, read from the name alone; None if none could.
+
+    For readers that do not list (the api function deciding a vote on a generated target's VIF):
+    the source, the region and `exclude` are checked, not whether the account is still under the OUs.
+    The poller acts only on targets its listing produced.
+    """
+    for source in policy.organizations:
+        rest = name.removeprefix(f"{source.name}-")
+        account, _, region = rest.partition("-")
+        if rest != name and _ACCOUNT_ID.fullmatch(account) and region in source.regions:
+            return next(iter(source.targets([account])[source.regions.index(region) :]), None)
+    return None
 
 
 def _named(rule: Rule, names: Mapping[str, list[str]]) -> Rule:

@@ -755,3 +755,22 @@ def test_config_diff_names_sources_added_changed_and_removed_never_the_external_
     ]
     assert diff(new, old).lines()[-1] == "  - from_organization lab (its accounts no longer polled)"
     assert not any(EXTERNAL_ID in line or "rotated" in line for line in lines + diff(new, old).lines())
+
+
+def test_a_generated_target_can_be_read_back_from_its_name_without_listing():
+    from chalicelib.organizations import target_named
+
+    policy = parse_policy(json.dumps(document(HUB, source(), source(name="org-b", regions=["eu-west-3"], exclude=[]))))
+    found = target_named(policy, f"org-{A}-us-east-1")
+    assert found == OrganizationSource.model_validate(SOURCE).targets([A])[1]
+    assert found is not None and found.external_id == EXTERNAL_ID
+    assert target_named(policy, f"org-b-{A}-eu-west-3") == policy.organizations[1].targets([A])[0]
+    for unknown in (
+        f"org-{A}-eu-west-3",  # not a region of org
+        f"org-{B}-eu-west-1",  # excluded
+        f"org-{A[:-1]}-eu-west-1",
+        "org-b-eu-west-3",
+        "hub",
+        f"lab-{A}-eu-west-1",
+    ):
+        assert target_named(policy, unknown) is None, unknown
