@@ -696,11 +696,11 @@ def check(org, directlink, tmp_path, monkeypatch, capsys, no_metrics):
 
     monkeypatch.setattr(organizations, "active_accounts", counted)
 
-    def run(*options: str, ous: list[str] | None = None) -> tuple[int, str, str]:
+    def run(*options: str, ous: list[str] | None = None, command: str = "check") -> tuple[int, str, str]:
         path = tmp_path / "policy.yaml"
         entry = source(ous=ous or [org.ous["prod"]], regions=[REGION], exclude=[org.accounts["app"]])
         path.write_text(json.dumps(document(entry)))
-        code = cli.main(["check", "--config", str(path), *options])
+        code = cli.main([command, "--config", str(path), *options])
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -774,3 +774,13 @@ def test_a_generated_target_can_be_read_back_from_its_name_without_listing():
         f"lab-{A}-eu-west-1",
     ):
         assert target_named(policy, unknown) is None, unknown
+
+
+def test_poll_names_a_source_it_could_not_list_and_exits_1(check):
+    code, out, _ = check(ous=["ou-zzzz-zzzzzzzz"], command="poll")
+    assert code == 1 and "  FAILED from_organization org: NOT LISTED (" in out
+
+
+def test_the_listing_client_retries_in_standard_mode():
+    lister = OrganizationsLister(lambda: boto3.Session(region_name="us-east-1"))
+    assert lister._client(None).meta.config.retries["mode"] == "standard"
