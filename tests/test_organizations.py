@@ -784,3 +784,16 @@ def test_poll_names_a_source_it_could_not_list_and_exits_1(check):
 def test_the_listing_client_retries_in_standard_mode():
     lister = OrganizationsLister(lambda: boto3.Session(region_name="us-east-1"))
     assert lister._client(None).meta.config.retries["mode"] == "standard"
+
+
+def test_an_account_created_under_the_ou_is_polled_after_the_next_refresh_without_a_config_edit(org, no_metrics):
+    clock = Clock()
+    targets = OrganizationTargets(OrganizationsLister(boto3.Session), ttl=900, clock=clock)
+    policy = parse_policy(json.dumps(document(source(ous=[org.ous["lab"]], regions=["eu-west-1"], exclude=[]))))
+    assert names(targets.expanded(policy)) == [f"org-{org.accounts['lab']}-eu-west-1"]
+    new = _account(org.client, "lab-2", org.ous["deeper"], org.root)
+    org.client.move_account(AccountId=new, SourceParentId=org.ous["deeper"], DestinationParentId=org.ous["lab"])
+    clock.now += 899
+    assert names(targets.expanded(policy)) == [f"org-{org.accounts['lab']}-eu-west-1"], "within the TTL: as listed"
+    clock.now += 2
+    assert names(targets.expanded(policy)) == sorted(f"org-{a}-eu-west-1" for a in (org.accounts["lab"], new))
