@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import yaml
 
 from chalicelib.config import ConfigError, parse_duration, parse_policy
 
@@ -558,7 +559,12 @@ def test_merge_keys_cannot_multiply_a_document():
     start = time.perf_counter()
     found = problems("\n".join(lines))
     assert time.perf_counter() - start < 2
-    assert len(found) == 1 and found[0].startswith("merge keys (<<) expand to more than 100000 entries")
+    if tuple(int(part) for part in yaml.__version__.split(".")[:3]) >= (6, 0, 4):
+        # PyYAML 6.0.4 merges each distinct key once: the nine levels stay nine keys each, and the
+        # document is only what it is (no targets, ten unknown fields).
+        assert found[0] == "targets: Field required" and len(found) == 11, found
+    else:
+        assert len(found) == 1 and found[0].startswith("merge keys (<<) expand to more than 100000 entries")
 
 
 def test_echoed_values_are_cut_short():
