@@ -183,6 +183,21 @@ def target_named(policy: Policy, name: str) -> Target | None:
     return None
 
 
+def for_target(policy: Policy, name: str) -> Policy:
+    """The policy as a poller that listed `name`'s account sees it, for deciding about that one target.
+
+    Without listing (the api function judging a vote): a generated target is read from its name and
+    the rules naming its source are applied to it. Any other name leaves the policy as it is.
+    """
+    if not policy.organizations or any(t.name == name for t in policy.targets):
+        return policy
+    target = target_named(policy, name)
+    if target is None:
+        return policy
+    source = next(s for s in policy.organizations if name.startswith(f"{s.name}-{target.account_id}-"))
+    return expand(policy, {source.name: [target.account_id]})
+
+
 def _named(rule: Rule, names: Mapping[str, list[str]]) -> Rule:
     if not rule.targets or not any(name in names for name in rule.targets):
         return rule

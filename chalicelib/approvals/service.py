@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from .. import events
+from .. import events, organizations
 from ..config import Policy
 from ..ledger import ApprovalChanged, Ledger, VifRecord, parse_iso
 from ..models import CONFIRMING, VirtualGateway, VirtualInterface
@@ -62,6 +62,7 @@ def current_decision(policy: Policy, record: VifRecord) -> Decision:
     A confirm rule's gateway is taken as available: the question is whether the policy asks people,
     and who, not whether a confirm could be made this minute.
     """
+    policy = organizations.for_target(policy, record.target)  # the api function does not list accounts
     target = next((t for t in policy.targets if t.name == record.target), None)
     try:
         vif = VirtualInterface.model_validate({**record.snapshot, "virtualInterfaceState": CONFIRMING})
@@ -92,8 +93,9 @@ def _still_confirming(record: VifRecord, now: datetime | None = None) -> None:
         raise Refused(409, f"{record.vif_id} is being decided now: {rule} is {doing} it; your vote was not counted")
 
 
-def _region(policy: Policy, target: str) -> str | None:
-    return next((t.region for t in policy.targets if t.name == target), None)
+def region_of(policy: Policy, target: str) -> str | None:
+    found = next((t for t in policy.targets if t.name == target), None) or organizations.target_named(policy, target)
+    return found.region if found else None
 
 
 def record_vote(
@@ -162,7 +164,7 @@ def _set_aside(
                 subject=after.vif_id,
                 time=now,
                 facts=(after.request_id,),
-                **events.vif_fields(after.target, None, record.snapshot, _region(policy, after.target)),
+                **events.vif_fields(after.target, None, record.snapshot, region_of(policy, after.target)),
                 why=why,
                 request_id=after.request_id,
                 approvals=list(after.approvals),
@@ -184,7 +186,7 @@ def _vote_event(policy: Policy, record: VifRecord, after: ApprovalRequest, now: 
         time=now,
         # One event per vote: each person votes once on a request (model.cast_vote).
         facts=(after.request_id, cast.approver, cast.vote),
-        **events.vif_fields(after.target, None, record.snapshot, _region(policy, after.target)),
+        **events.vif_fields(after.target, None, record.snapshot, region_of(policy, after.target)),
         request_id=after.request_id,
         approvals=list(after.approvals),
         min_approvals=after.min_approvals,

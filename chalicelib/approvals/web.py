@@ -243,8 +243,7 @@ def _summary(result: service.VoteResult, note: str | None) -> str:
 def _status_message(runtime: Runtime, result: service.VoteResult, note: str | None) -> messages.Message:
     """The request as it now stands, for replacing the chat message that was clicked."""
     request = result.request
-    target = next((t for t in runtime.policy.targets if t.name == request.target), None)
-    region = target.region if target else None
+    region = service.region_of(runtime.policy, request.target)
     return messages.approval_status(request, result.record.snapshot, request.target, region, runtime.clock(), note=note)
 
 

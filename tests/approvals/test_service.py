@@ -378,3 +378,52 @@ def test_the_result_is_what_was_written(ledger):
     request = opened(ledger, min_approvals=2)
     result = vote(ledger, request.request_id, "alice")
     assert result.request == ledger.approval(request.request_id)[0] and result.request.version == 1
+
+
+def test_a_vote_on_an_organization_accounts_vif_is_judged_by_the_rule_naming_its_source(ledger):
+    """The api function does not list accounts: its policy has the source, not the generated targets.
+
+    The rule that asked names the source (`targets: [org]`). Judged against the unexpanded policy the
+    target is unknown, a rule limited to another target matches first, and every vote supersedes the
+    request it was for.
+    """
+    member = "org-111122223333-eu-west-1"  # the account the VIF is allocated to
+    text = (
+        scenario.CONFIG.replace(
+            "rules:\n",
+            "  - from_organization: {name: org, ous: [ou-abcd-11111111], role_name: vif-gatekeeper-member,"
+            " regions: [eu-west-1]}\nrules:\n",
+            1,
+        ).replace(
+            "default_action: ask\n",
+            "  - name: prod-only\n"  # not for the organization's accounts: it must not match theirs
+            "    targets: [osc-prod]\n"
+            '    accounts: ["111122223333"]\n'
+            "    action: ask\n"
+            "    approvers: [bob]\n"
+            "  - name: partner-ask\n"
+            "    targets: [org]\n"
+            '    accounts: ["111122223333"]\n'
+            "    action: ask\n"
+            "    approvers: [alice, bob, carol]\n"
+            "default_action: ask\n",
+        )
+        + rw.APPROVALS
+    )
+    policy = parse_policy(text)
+    assert [t.name for t in policy.targets] == ["osc-prod", "osc-staging", "osc-lab"]  # as the api reads it
+    request = opened(ledger, target=member)
+    result = service.record_vote(
+        ledger,
+        policy,
+        request.request_id,
+        approver="alice",
+        user_id="UALICE",
+        channel="slack",
+        vote="approve",
+        gateway=None,
+        clock=lambda: LATER,
+        publishing=True,
+    )
+    assert result.request.status == "approved"
+    assert service.region_of(policy, member) == "eu-west-1"
