@@ -91,7 +91,7 @@ def notify_chat(event):
 
     tally = telemetry.BatchTally()
     try:
-        return notify.handle_batch(event.to_dict(), event.context, runtime.get(), tally)
+        return notify.handle_batch(event.to_dict(), event.context, runtime.get_reader(), tally)
     finally:  # a batch that raised still reports what it delivered before
         telemetry.record_batch(tally, telemetry.metrics)
 
@@ -115,32 +115,32 @@ def _incoming():
 def approvals_slack():
     from chalicelib.approvals import web
 
-    return _answer(web.slack_action(_incoming(), runtime.get))
+    return _answer(web.slack_action(_incoming(), runtime.get_reader))
 
 
 @app.route("/approvals/mattermost", methods=["POST"], content_types=["application/json"])
 def approvals_mattermost():
     from chalicelib.approvals import web
 
-    return _answer(web.mattermost_action(_incoming(), runtime.get))
+    return _answer(web.mattermost_action(_incoming(), runtime.get_reader))
 
 
 @app.route("/approvals/link/{token}", methods=["GET"])
 def approvals_link_page(token):
     from chalicelib.approvals import web
 
-    return _answer(web.link_page(token, runtime.get))
+    return _answer(web.link_page(token, runtime.get_reader))
 
 
 @app.route("/approvals/link/{token}", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
 def approvals_link_vote(token):
     from chalicelib.approvals import web
 
-    return _answer(web.link_vote(token, _incoming(), runtime.get))
+    return _answer(web.link_vote(token, _incoming(), runtime.get_reader))
 
 
 @app.route("/health")
 def health():
     from chalicelib.approvals import web
 
-    return _answer(web.health(runtime.get))
+    return _answer(web.health(runtime.get_reader))

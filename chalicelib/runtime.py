@@ -9,7 +9,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any
@@ -320,8 +320,19 @@ _cached: tuple[Settings, Runtime] | None = None
 
 def get(env: Mapping[str, str] | None = None) -> Runtime:
     """The Lambda's runtime, rebuilt only when its settings change between invocations."""
+    return _get(Settings.from_env(env))
+
+
+def get_reader(env: Mapping[str, str] | None = None) -> Runtime:
+    """The runtime of a function that reads the policy but never lists Organizations (api, notify).
+
+    Only the pollers hold the grant: the others judge a listed account's target from its name.
+    """
+    return _get(replace(Settings.from_env(env), list_organizations=False))
+
+
+def _get(settings: Settings) -> Runtime:
     global _cached
-    settings = Settings.from_env(env)
     if _cached is None or _cached[0] != settings:
         _cached = (settings, Runtime(settings))
     return _cached[1]

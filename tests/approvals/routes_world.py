@@ -1,7 +1,7 @@
 """The world the route tests share: the prod stage's app on moto, the sandbox, and approval requests made by a cycle.
 
 The chalice test Client sets the prod stage's environment variables on every request, so the
-runtime the routes get is `runtime.get()` of that environment: the tests build it once with the
+runtime the routes get is `runtime.get_reader()` of that environment: the tests build it once with the
 same variables, give it the sandbox's clock and a trigger that runs the poller for one target,
 and every request of the test reuses it.
 """
@@ -184,7 +184,7 @@ def build(sb: DirectLinkSandbox, *, config: str = CONFIG) -> RouteWorld:
     boto3.client("secretsmanager").create_secret(
         Name=APPROVALS_SECRET, SecretString=json.dumps({"slack": SLACK_SECRET, "signing_key": SIGNING_KEY})
     )
-    rt = runtime.get({**os.environ, **PROD_ENV})
+    rt = runtime.get_reader({**os.environ, **PROD_ENV})
     rt.clock = sb.clock
     world = RouteWorld(sb, rt, Client(app, stage_name=STAGE))
     rt.trigger = world  # type: ignore[misc]  # the routes call world.poll_now
