@@ -118,3 +118,10 @@ def aws():
 def confirm_calls(sb: DirectLinkSandbox) -> list[str]:
     """Every ConfirmPrivateVirtualInterface request that reached the sandbox, refused or not."""
     return [op for op, _account in sb.calls if op == "ConfirmPrivateVirtualInterface"]
+
+
+def pytest_configure(config):
+    """tests/leakscan.py: no configured secret may appear in what a test printed, logged or published."""
+    from tests import leakscan
+
+    config.pluginmanager.register(leakscan, "leakscan")
