@@ -331,7 +331,7 @@ class LocalCloud:
         from chalicelib import runtime
         from chalicelib.reconcile import run_cycle
 
-        routes = runtime.get()  # what app.py's handlers get: cached while the environment is unchanged
+        routes = runtime.get_reader()  # what app.py's route handlers get: cached while the environment is unchanged
         routes.clock = self.clock
         # The deployed API function invokes the poll function; here the cycle runs in a thread.
         routes.trigger = self._poller = LocalPoller(lambda target: run_cycle(routes, targets=[target]))

@@ -72,7 +72,7 @@ def client(world, monkeypatch) -> Client:
 
     for name, value in world.env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(runtime, "get", lambda env=None: world.runtime)
+    monkeypatch.setattr(runtime, "get_reader", lambda env=None: world.runtime)
     logger.setLevel("WARNING")
     return Client(app)
 

@@ -90,7 +90,7 @@ def served(monkeypatch) -> Iterator[tuple[World, str]]:
         trigger.runtime = world.runtime
         for name, value in world.env.items():
             monkeypatch.setenv(name, value)
-        monkeypatch.setattr(runtime, "get", lambda env=None: world.runtime)
+        monkeypatch.setattr(runtime, "get_reader", lambda env=None: world.runtime)
         logger.setLevel("WARNING")
         # The request log line holds the URL, and a link's URL is a bearer credential: not even in test output.
         monkeypatch.setattr(chalice.local.ChaliceRequestHandler, "log_message", lambda *args: None)

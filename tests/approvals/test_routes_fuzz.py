@@ -193,7 +193,7 @@ def client(world, monkeypatch) -> Client:
 
     for name, value in world.env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(runtime, "get", lambda env=None: world.runtime)
+    monkeypatch.setattr(runtime, "get_reader", lambda env=None: world.runtime)
     logger.setLevel("WARNING")  # a refusal logs at INFO; a 500 logs at ERROR and still shows
     return Client(app)
 
