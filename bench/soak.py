@@ -271,7 +271,7 @@ class World:
             return self._fault_rng.random() < rate
 
     def kill(self, kind: str, rate: float) -> bool:
-        """Whether this step dies: always the first time (so each kind of kill happens), then at `rate`."""
+        """Whether this step fails (dies, is refused): always the first time (so each kind happens), then at `rate`."""
         with self._lock:
             self._steps[kind] += 1
             first = self._steps[kind] == 1
@@ -327,7 +327,8 @@ class World:
 
     def _sqs_before(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         entries: list[dict[str, Any]] = params.get("Entries", [])
-        if self.chance(self.settings.sqs_call_refuse_rate):
+        rate = self.settings.sqs_call_refuse_rate
+        if rate and self.kill("sqs call refused", rate):  # the first call always: every run has one
             context["soak_refuse_call"] = True
             return
         refused = [e for e in entries if self.chance(self.settings.sqs_entry_refuse_rate)][: len(entries) - 1]
@@ -351,7 +352,6 @@ class World:
     def _sqs_refuse_call(self, context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
         if not context.get("soak_refuse_call"):
             return None
-        self.count("sqs call refused")
         error = {"Code": "InternalError", "Message": "injected by the soak"}
         return AWSResponse("https://sqs.soak", 500, {}, None), {
             "Error": error,
