@@ -429,8 +429,18 @@ def patched(world: World) -> Iterator[None]:
         ),
     ]
     if s.breakage == Breakage.NO_CLAIMS:
+        # Every claim "succeeds", and the pollers meet at it: all of them go on to confirm the same VIF
+        # (without the meeting, a loaded machine can run them one after the other and hide the race).
+        meeting = threading.Barrier(max(1, s.pollers))
+
+        def racing_claim(self: Ledger, *args: Any, **kwargs: Any) -> None:
+            try:
+                meeting.wait(timeout=2)
+            except threading.BrokenBarrierError:
+                meeting.reset()  # a poller with nothing to claim: the next VIF meets again
+
         patches += [
-            mock.patch.object(Ledger, "claim", lambda self, *a, **k: None),
+            mock.patch.object(Ledger, "claim", racing_claim),
             mock.patch.object(Ledger, "mark_called", lambda self, *a, **k: None),
         ]
     if s.breakage == Breakage.CONFIRM_EVERYTHING:
