@@ -19,7 +19,7 @@ from botocore.config import Config
 
 from .config import Chat, ConfigError, Policy, SecretRef, parse_policy
 from .directlink import CLIENT_CONFIG, DirectLinkClients
-from .ledger import Ledger
+from .ledger import Ledger, RecordCache
 
 if TYPE_CHECKING:
     from .approvals.trigger import Trigger
@@ -303,7 +303,9 @@ class Runtime:
         # opens and drops connections every cycle (a pool of 10 churned 13-85 per cycle at 16+ workers).
         pool = Config(max_pool_connections=max(10, self.settings.max_workers))
         client = self._dynamodb or self.session.client("dynamodb", config=CLIENT_CONFIG.merge(pool))
-        return Ledger(client, self.settings.table_name)
+        # Each target's records are kept between cycles and reused while its version is unchanged
+        # (ledger.records.RecordCache): an idle cycle reads one small item per target, not every record.
+        return Ledger(client, self.settings.table_name, cache=RecordCache(self.settings.client_bound))
 
 
 def _count_listing_failure(source: str, code: str, skipped: bool) -> None:
@@ -315,7 +317,8 @@ def _count_listing_failure(source: str, code: str, skipped: bool) -> None:
     metrics.add_metric(name="OrganizationListingFailures", unit=MetricUnit.Count, value=1)
 
 
-_cached: tuple[Settings, Runtime] | None = None
+# One runtime per kind (a poller's, a reader's), rebuilt when its settings change; None: none yet.
+_cached: dict[bool, tuple[Settings, Runtime]] | None = None
 
 
 def get(env: Mapping[str, str] | None = None) -> Runtime:
@@ -332,7 +335,11 @@ def get_reader(env: Mapping[str, str] | None = None) -> Runtime:
 
 
 def _get(settings: Settings) -> Runtime:
+    """A Lambda is one kind; a process serving both (the sandbox, the CLI) keeps one of each."""
     global _cached
-    if _cached is None or _cached[0] != settings:
-        _cached = (settings, Runtime(settings))
-    return _cached[1]
+    slots = _cached if _cached is not None else {}
+    kept = slots.get(settings.list_organizations)
+    if kept is None or kept[0] != settings:
+        kept = slots[settings.list_organizations] = (settings, Runtime(settings))
+    _cached = slots
+    return kept[1]

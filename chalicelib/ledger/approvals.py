@@ -149,7 +149,8 @@ class Approvals(LedgerBase):
             *({"Put": {"TableName": self.table, "Item": _outbox_item(e)}} for e in events),
         ]
         try:
-            self.client.transact_write_items(TransactItems=items)
+            with self._changed(before.target):  # the VIF's item changes: other pollers' copies of it go stale
+                self.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "TransactionCanceledException":
                 raise

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ..events import to_json
+from ..log import logger
 
 OUTBOX = "#outbox"
 _sequence = itertools.count()
@@ -61,12 +63,52 @@ def plain_value(value: dict[str, Any]) -> Any:
     return _plain(_de.deserialize(value))  # type: ignore[arg-type]  # sets, binary and anything odd: the generic path
 
 
+TARGET_ITEM = "#target"  # a target's own item: vif_id = "#target"
+
+
 class LedgerBase:
     """A DynamoDB client and table name; each kind of item adds its methods in a module of its own."""
 
-    def __init__(self, client, table: str):
+    def __init__(self, client, table: str, cache: Any = None):
         self.client = client
         self.table = table
+        # records.RecordCache: each target's records as last read, reused while its version is unchanged.
+        self.cache = cache
+
+    @contextmanager
+    def _changed(self, target: str) -> Iterator[None]:
+        """Around a write of one of `target`'s VIF items: then bump its records_version (see records.RecordCache).
+
+        After, never before: a reader that takes the old version may see the new item, and then reads
+        again next cycle; one that took the new version already sees it. A write its condition refused
+        wrote nothing and bumps nothing (a refused vote changes nothing); one that failed otherwise (a
+        timeout) may have landed, and bumps.
+        """
+        try:
+            yield
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+                self._bump(target)
+            raise
+        except Exception:
+            self._bump(target)
+            raise
+        self._bump(target)
+
+    def _bump(self, target: str) -> None:
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}},
+                UpdateExpression="ADD records_version :one",
+                ExpressionAttributeValues={":one": {"N": "1"}},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            # Cached copies then stay as they are for at most records.REREAD_SECONDS; the write itself stands.
+            logger.warning(
+                "records version not bumped; other pollers' copies may lag a few minutes",
+                extra={"target": target, "error": type(exc).__name__},
+            )
 
     def _write(self, update: dict[str, Any], events: Iterable, *, extra: Iterable[dict[str, Any]] = ()) -> None:
         """One update, plus its events in the outbox (and `extra` transaction items), all or nothing."""

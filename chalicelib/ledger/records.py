@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -10,11 +13,10 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from ..approvals.model import ApprovalRequest
-from .base import LedgerBase, _refused_item, _ser, iso, parse_iso, plain_value
+from .base import TARGET_ITEM, LedgerBase, _refused_item, _ser, iso, parse_iso, plain_value
 
 EXPIRY = timedelta(days=7)
 CLAIM_TTL = timedelta(minutes=5)
-TARGET_ITEM = "#target"
 APPROVAL_ITEM = "#approval"  # pointer items: target = "#approval", vif_id = the request id
 _NOT_SAVED = ("target", "vif_id", "claim", "approval")
 
@@ -112,9 +114,69 @@ class ClaimLost(Exception):
         super().__init__(why)
 
 
+REREAD_SECONDS = 300  # a cached copy is read again at least this often, whatever its version says
+
+
+class RecordCache:
+    """Each target's VIF records as last read, with the target's `records_version` read just before.
+
+    Every write of a VIF's item is followed by a bump of its target item's `records_version`
+    (VifRecords._changed). A reader takes the version (a consistent GetItem of the target item),
+    then Queries; so every write that bumped up to that version is in what it read. Next cycle, the
+    same version means no record changed since: the copy is used, and the Query (most of an idle
+    cycle's read units and CPU) is skipped. A writer that died between its write and the bump leaves
+    copies stale until REREAD_SECONDS; what they could get wrong is guarded by the conditional writes
+    (claims, votes), as with two pollers. At most `max_targets` targets are kept (least recently
+    used dropped), like the DirectLink clients.
+    """
+
+    def __init__(self, max_targets: int, max_age: float = REREAD_SECONDS, clock: Any = time.monotonic):
+        self._max, self._max_age, self._clock = max_targets, max_age, clock
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[str, tuple[str, float, dict[str, VifRecord]]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, target: str, version: str) -> dict[str, VifRecord] | None:
+        with self._lock:
+            kept = self._kept.get(target)
+            if kept is None or kept[0] != version or self._clock() - kept[1] > self._max_age:
+                self.misses += 1
+                return None
+            self._kept.move_to_end(target)
+            self.hits += 1
+            return dict(kept[2])  # the cycle copies a record before it changes it (transitions.observe)
+
+    def put(self, target: str, version: str, vifs: dict[str, VifRecord]) -> None:
+        with self._lock:
+            self._kept[target] = (version, self._clock(), dict(vifs))
+            self._kept.move_to_end(target)
+            while len(self._kept) > self._max:
+                self._kept.popitem(last=False)
+
+
+def _status(target: str, vifs: dict[str, VifRecord], item: dict[str, Any]) -> TargetRecords:
+    return TargetRecords(
+        target,
+        vifs,
+        parse_iso(item.get("last_polled_at", {}).get("S")),
+        parse_iso(item.get("failing_since", {}).get("S")),
+        int(item.get("failed_cycles", {}).get("N", "0")),
+    )
+
+
 class VifRecords(LedgerBase):
     def load(self, target: str) -> TargetRecords:
-        """All records of one target, in as few Query pages as DynamoDB allows."""
+        """All records of one target, in as few Query pages as DynamoDB allows (or the cached copy: RecordCache)."""
+        cache: RecordCache | None = self.cache
+        version = ""
+        if cache is not None:
+            item = self.client.get_item(
+                TableName=self.table, Key={"target": {"S": target}, "vif_id": {"S": TARGET_ITEM}}, ConsistentRead=True
+            ).get("Item", {})
+            version = item.get("records_version", {}).get("N", "0")
+            kept = cache.get(target, version)
+            if kept is not None:
+                return _status(target, kept, item)
         vifs: dict[str, VifRecord] = {}
         status: dict[str, Any] = {}
         params: dict[str, Any] = {
@@ -132,14 +194,15 @@ class VifRecords(LedgerBase):
                     record = VifRecord.from_item(item)
                     vifs[record.vif_id] = record
             if "LastEvaluatedKey" not in page:
-                return TargetRecords(
-                    target,
-                    vifs,
-                    parse_iso(status.get("last_polled_at", {}).get("S")),
-                    parse_iso(status.get("failing_since", {}).get("S")),
-                    int(status.get("failed_cycles", {}).get("N", "0")),
-                )
+                if cache is not None:
+                    cache.put(target, version, vifs)  # the version read before the Query, never a later one
+                return _status(target, vifs, status)
             params["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _update_vif(self, **update: Any) -> Any:
+        """UpdateItem on one VIF's item (claims), then its target's records_version bumped."""
+        with self._changed(update["Key"]["target"]["S"]):
+            return self.client.update_item(TableName=self.table, **update)
 
     def save(self, record: VifRecord, events: Iterable = (), *, approval: ApprovalRequest | None = None) -> None:
         """Write what was observed and decided, and its events, in one transaction.
@@ -170,7 +233,8 @@ class VifRecords(LedgerBase):
             "ExpressionAttributeValues": values,
         }
         if approval is None:
-            self._write(update, events)
+            with self._changed(record.target):
+                self._write(update, events)
             return
         # An update, not a put: a pointer already there keeps the status that votes gave its request.
         pointer = {
@@ -187,7 +251,8 @@ class VifRecords(LedgerBase):
                 ":status": {"S": approval.status},
             },
         }
-        self._write(update, events, extra=[{"Update": pointer}])
+        with self._changed(record.target):
+            self._write(update, events, extra=[{"Update": pointer}])
 
     def claim(
         self,
@@ -220,8 +285,7 @@ class VifRecords(LedgerBase):
             removes.append("claim_gateway")
         update = f"SET {', '.join(sets)} REMOVE {', '.join(removes)}"
         try:
-            self.client.update_item(
-                TableName=self.table,
+            self._update_vif(
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
                 UpdateExpression=update,
                 ConditionExpression=(
@@ -237,8 +301,7 @@ class VifRecords(LedgerBase):
     def mark_called(self, target: str, vif_id: str, claimant: str, now: datetime) -> None:
         """Say, on the claim, that the API call is about to be made; ClaimLost if the claim is no longer ours."""
         try:
-            self.client.update_item(
-                TableName=self.table,
+            self._update_vif(
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
                 UpdateExpression="SET claim_called_at = :now",
                 ConditionExpression="claim_by = :me",
@@ -251,8 +314,7 @@ class VifRecords(LedgerBase):
     def release(self, target: str, vif_id: str, claimant: str) -> None:
         """Give a claim back after a definite failure, so the next cycle may try again."""
         try:
-            self.client.update_item(
-                TableName=self.table,
+            self._update_vif(
                 Key={"target": {"S": target}, "vif_id": {"S": vif_id}},
                 UpdateExpression="REMOVE claim_by, claim_until, claim_at, claim_verb, claim_gateway, claim_called_at",
                 ConditionExpression="claim_by = :me",
