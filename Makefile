@@ -14,7 +14,7 @@ FIND_PYTHON := for p in python3 python3.13 python3.12; do \
 # This machine's pip config lists local mirror folders that do not exist; pip warns about each.
 QUIET_PIP := { grep -v "^WARNING: Location 'file:" || true; }
 
-.PHONY: help setup demo test lint browser sandbox bench bench-fanout bench-memory faults clean package deploy destroy
+.PHONY: help setup demo test lint browser sandbox bench bench-fanout bench-memory faults soak clean package deploy destroy
 
 help:
 	@echo "make demo     set up .venv, then run the end-to-end demo on the local sandbox"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-fanout  the fan-out at 100/1,000/5,000 targets and the workers and memory a 1-minute schedule needs"
 	@echo "make bench-memory  peak memory and CPU of a cycle over 10/100/200 targets, old vs current"
 	@echo "make faults   kill the poller at four points of a confirm, break answers; count what survives"
+	@echo "make soak     100 cycles under throttling, 5xx, SQS refusals, kills and 4 pollers; check every confirm and event"
 	@echo "make package STAGE=dev|prod [REGION=eu-west-1]  chalice package + infra template into build/<stage>/, cfn-lint"
 	@echo "make deploy STAGE=... BUCKET=... [ALARM_TOPIC=arn] [REGION=...]  aws cloudformation package + deploy"
 	@echo "make destroy STAGE=... [REGION=...]  delete the stack (the ledger table is retained)"
@@ -79,6 +80,9 @@ sandbox: $(STAMP)
 
 faults: $(STAMP)
 	$(PY) bench/fault_run.py
+
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 bench: $(STAMP)
 	$(PY) bench/scale.py
