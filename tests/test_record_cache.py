@@ -216,3 +216,50 @@ def test_a_failed_bump_is_logged_and_the_write_stands(aws, directlink, caplog, m
     ledger.save(record)
     assert other_poller().load("osc-prod").vifs[vif].decision_reason == "kept"
     assert "records version not bumped" in caplog.text
+
+
+# --- an older sighting never goes over a newer one (found by the fault soak, seed 7) ------------------
+
+
+def test_a_confirm_recorded_after_another_poller_saw_the_vif_move_on_keeps_the_newer_state(aws, directlink):
+    """Poller A confirms; poller B lists the VIF `pending` and records it; A's record lands last.
+
+    A's confirmed_at, decision and event are written; the state stays B's `pending` (newer), so the
+    next cycle does not announce confirming -> available, skipping pending.
+    """
+    from dataclasses import replace
+
+    from chalicelib import events
+    from chalicelib.ledger import iso
+
+    one_cycle(directlink)
+    vif = directlink.world.vif_ids["prod-legacy"]
+    seen = other_poller().load("osc-prod").vifs[vif]
+    assert seen.state == "confirming"
+    now = directlink.clock.now()
+    later = iso(now + timedelta(seconds=30))
+    b_saw = replace(
+        seen, state="pending", state_since=later, snapshot={**seen.snapshot, "virtualInterfaceState": "pending"}
+    )
+    other_poller().save(b_saw)
+    a_confirmed = replace(seen, confirmed_at=iso(now), last_decision="confirmed", decision_reason="approved")
+    fields = events.vif_fields("osc-prod", None, seen.snapshot, "eu-west-2")
+    event = events.build(
+        "vif.confirmed",
+        target="osc-prod",
+        subject=vif,
+        time=now,
+        facts=("t",),
+        by="rule",
+        gateway="vgw-11111111",
+        **fields,
+    )
+    other_poller().save(a_confirmed, [event])
+    stored = other_poller().load("osc-prod").vifs[vif]
+    assert (stored.state, stored.state_since) == ("pending", later), "the newer sighting stands"
+    assert stored.snapshot["virtualInterfaceState"] == "pending"
+    assert stored.confirmed_at == iso(now) and stored.last_decision == "confirmed", "the confirm is recorded"
+    outbox = boto3.client("dynamodb").query(
+        TableName=TABLE, KeyConditionExpression="target = :t", ExpressionAttributeValues={":t": {"S": "#outbox"}}
+    )["Items"]
+    assert any(event.id in item["body"]["S"] for item in outbox), "its event is in the outbox"

@@ -19,6 +19,8 @@ EXPIRY = timedelta(days=7)
 CLAIM_TTL = timedelta(minutes=5)
 APPROVAL_ITEM = "#approval"  # pointer items: target = "#approval", vif_id = the request id
 _NOT_SAVED = ("target", "vif_id", "claim", "approval")
+# What a poller saw of the VIF: written only over an older sighting (see VifRecords.save).
+_OBSERVED = ("state", "state_since", "snapshot")
 
 
 @dataclass
@@ -211,8 +213,22 @@ class VifRecords(LedgerBase):
         claim or its confirmed_at. None is written as NULL except confirmed_at, which is set once.
         With `approval`, the VIF's approval request is created in the same transaction (once: a
         request already there, and its votes, are kept), with its pointer item.
+
+        What was observed (state, state_since, snapshot) never goes over a newer observation: a
+        poller that confirmed a VIF may record it after another poller saw it move on (`pending`);
+        then its confirm, decision and events are written and the newer state is kept.
         """
+        try:
+            self._save(record, events, approval, observed=True)
+        except ClientError as exc:
+            if not _refused(exc):
+                raise
+            self._save(record, events, approval, observed=False)
+
+    def _save(self, record: VifRecord, events: Iterable, approval: ApprovalRequest | None, *, observed: bool) -> None:
         names = [f.name for f in fields(record) if f.name not in _NOT_SAVED]
+        if not observed:
+            names = [n for n in names if n not in _OBSERVED]
         # Set once, never unset: an older copy must not erase that the VIF was confirmed or rejected.
         names = [n for n in names if not (n in ("confirmed_at", "rejected_at") and getattr(record, n) is None)]
         sets = [f"#{n} = :{n}" for n in names]
@@ -232,6 +248,8 @@ class VifRecords(LedgerBase):
             "ExpressionAttributeNames": {f"#{n}": n for n in names},
             "ExpressionAttributeValues": values,
         }
+        if observed and record.state_since:
+            update["ConditionExpression"] = "attribute_not_exists(#state_since) OR #state_since <= :state_since"
         if approval is None:
             with self._changed(record.target):
                 self._write(update, events)
@@ -323,6 +341,15 @@ class VifRecords(LedgerBase):
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+
+
+def _refused(exc: ClientError) -> bool:
+    """The write's own condition refused it (alone, or as the first item of its transaction)."""
+    code = exc.response["Error"]["Code"]
+    if code == "ConditionalCheckFailedException":
+        return True
+    reasons = exc.response.get("CancellationReasons") or [{}]
+    return code == "TransactionCanceledException" and reasons[0].get("Code") == "ConditionalCheckFailed"
 
 
 def _claim_lost(exc: ClientError, vif_id: str) -> Exception:
