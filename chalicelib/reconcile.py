@@ -184,6 +184,7 @@ class TargetRun:
     mode: Mode
     deadline: Deadline
     api: DirectLinkApi | None = None
+    target_item: dict[str, Any] | None = None  # the target's own item, read for the whole cycle at its start
 
     @property
     def publishing(self) -> bool:
@@ -259,6 +260,10 @@ def run_cycle(
     runtime.warm(ledger=mode.records)
     deadline = Deadline.after(budget_seconds)
     runs = [TargetRun(runtime, policy, t, report.cycle_id, mode, deadline) for t in chosen]
+    if mode.records and runtime.ledger.cache is not None:
+        items = _target_items(runtime, [run.target.name for run in runs])
+        for run in runs:
+            run.target_item = items.get(run.target.name)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll")
     futures = {run: pool.submit(_poll_target, run) for run in runs}
     wait(futures.values(), timeout=budget_seconds)
@@ -369,6 +374,15 @@ def _ledger_failure(target: str, table: str, exc: Exception) -> TargetFailure:
     return TargetFailure(target, code, message)
 
 
+def _target_items(runtime: Runtime, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Every target's own item in a few BatchGetItems; {} when that fails (each target then reads its own)."""
+    try:
+        return runtime.ledger.target_items(names)
+    except (ClientError, BotoCoreError) as exc:
+        logger.warning("target items not read at once; each target reads its own", extra={"error": str(exc)})
+        return {}
+
+
 def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
     runtime, policy, target = run.runtime, run.policy, run.target
     began = time.monotonic()
@@ -376,7 +390,9 @@ def _poll_target(run: TargetRun) -> tuple[list[Outcome], list]:
     vifs = api.describe_virtual_interfaces()
     run.in_time("reading the ledger")
     now = run.now()
-    known = runtime.ledger.load(target.name) if run.mode.records else TargetRecords(target.name, {}, None)
+    known = (
+        runtime.ledger.load(target.name, run.target_item) if run.mode.records else TargetRecords(target.name, {}, None)
+    )
 
     # DescribeVirtualGateways only when some VIF may be confirmed, or an approval request needs the
     # account's gateways to choose from: most cycles have neither.

@@ -288,8 +288,8 @@ def test_a_spell_started_by_an_overlapping_poller_is_not_ended_silently(aws, dir
     load = Ledger.load
     other_spell = directlink.clock.now() - timedelta(seconds=30)
 
-    def load_then_another_poller_fails_it(self, target):
-        known = load(self, target)
+    def load_then_another_poller_fails_it(self, target, item=None):
+        known = load(self, target, item)
         if target == "osc-lab":
             self.mark_failing(target, other_spell, lambda: failed_event(target, other_spell))
         return known

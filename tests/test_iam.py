@@ -54,6 +54,7 @@ ACTIONS = {
     | {
         "dynamodb:Query",
         "dynamodb:GetItem",
+        "dynamodb:BatchGetItem",  # each cycle reads its targets' own items at once (the records versions)
         "dynamodb:UpdateItem",
         "dynamodb:PutItem",
         "dynamodb:BatchWriteItem",
@@ -387,8 +388,8 @@ def needed(service: str, operation: str, params: dict, region: str) -> list[tupl
             ]
         if operation == "TransactGetItems":
             return [("dynamodb:GetItem", f"{prefix}:table/{i['Get']['TableName']}") for i in params["TransactItems"]]
-        if operation == "BatchWriteItem":
-            return [("dynamodb:BatchWriteItem", f"{prefix}:table/{table}") for table in params["RequestItems"]]
+        if operation in ("BatchWriteItem", "BatchGetItem"):
+            return [(f"dynamodb:{operation}", f"{prefix}:table/{table}") for table in params["RequestItems"]]
         return [(f"dynamodb:{operation}", f"{prefix}:table/{params['TableName']}")]
     if service == "ssm":
         return [(f"ssm:{operation}", f"{prefix}:parameter{params['Name']}")]

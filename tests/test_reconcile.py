@@ -101,10 +101,11 @@ def test_throttling_and_server_errors_are_retried_in_standard_mode(cycle, direct
 
 
 def test_one_query_per_target_per_cycle(cycle):
-    """A new runtime has no copies: per target a GetItem (its records version: test_record_cache) and a Query."""
+    """A new runtime has no copies: one BatchGetItem of the targets' items (their records versions, see
+    test_record_cache), then one Query per target."""
     cycle()
     assert cycle.dynamodb.calls["query"] == len(scenario.TARGETS)
-    assert cycle.dynamodb.calls["get_item"] == len(scenario.TARGETS) and cycle.dynamodb.calls["batch_get_item"] == 0
+    assert cycle.dynamodb.calls["get_item"] == 0 and cycle.dynamodb.calls["batch_get_item"] == 1
 
 
 def test_a_reject_rule_rejects_the_vif(cycle, directlink):

@@ -78,7 +78,7 @@ def record_queries(client: CountingClient) -> list[str]:
     return read
 
 
-def test_an_idle_cycle_reads_one_item_per_target_and_no_query(warm):
+def test_an_idle_cycle_reads_the_target_items_at_once_and_no_records(warm):
     read = record_queries(warm.dynamodb)
     first = warm()
     assert sorted(read) == sorted(scenario.TARGETS)
@@ -86,7 +86,7 @@ def test_an_idle_cycle_reads_one_item_per_target_and_no_query(warm):
         warm()
     read.clear()
     idle = warm()
-    assert warm.dynamodb.calls["get_item"] == len(scenario.TARGETS)
+    assert warm.dynamodb.calls["batch_get_item"] == 1 and warm.dynamodb.calls["get_item"] == 0, "one read for all"
     assert read == [], "no target's records were Queried"
     assert not any(n for op, n in warm.dynamodb.calls.items() if op in ("update_item", "transact_write_items"))
     assert idle.counts() == {"none": 2, "ask": 3}, idle.counts()  # the two confirmed earlier; three asked
@@ -263,3 +263,33 @@ def test_a_confirm_recorded_after_another_poller_saw_the_vif_move_on_keeps_the_n
         TableName=TABLE, KeyConditionExpression="target = :t", ExpressionAttributeValues={":t": {"S": "#outbox"}}
     )["Items"]
     assert any(event.id in item["body"]["S"] for item in outbox), "its event is in the outbox"
+
+
+class Unprocessed:
+    """A DynamoDB client whose BatchGetItem leaves some keys unprocessed every time (throttled)."""
+
+    def __init__(self, client, stubborn: set[str]):
+        self._client, self.stubborn, self.calls = client, stubborn, 0
+
+    def batch_get_item(self, RequestItems):
+        self.calls += 1
+        ((table, request),) = RequestItems.items()
+        keys = [k for k in request["Keys"] if k["target"]["S"] not in self.stubborn]
+        left = [k for k in request["Keys"] if k["target"]["S"] in self.stubborn]
+        answer = self._client.batch_get_item(RequestItems={table: {**request, "Keys": keys}}) if keys else {}
+        return {
+            "Responses": answer.get("Responses", {table: []}),
+            "UnprocessedKeys": {table: {**request, "Keys": left}},
+        }
+
+
+def test_target_items_reads_100_a_call_and_leaves_out_what_stays_unprocessed(aws, directlink, monkeypatch):
+    one_cycle(directlink)
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    client = Unprocessed(boto3.client("dynamodb"), {"osc-lab"})
+    items = Ledger(client, TABLE).target_items(["osc-prod", "osc-lab", "never-polled"])
+    assert set(items) == {"osc-prod", "never-polled"}, "osc-lab reads its own item in load()"
+    assert items["never-polled"] == {} and "records_version" in items["osc-prod"]
+    assert client.calls == 5, "retried, then given up"
+    many = Ledger(boto3.client("dynamodb"), TABLE).target_items([f"t{i}" for i in range(250)])
+    assert len(many) == 250
