@@ -169,6 +169,12 @@ def counting(tally: Tally):
                 size = sum(item_bytes(i) for i in items)
                 units = max(1, math.ceil(size / 4096))
                 tally.read_units += units if params.get("ConsistentRead") else units / 2
+            elif service == "dynamodb" and operation == "BatchGetItem":
+                # Priced per item read, each rounded up to 4 KB (not per call, unlike a Query's pages).
+                for table, request in params["RequestItems"].items():
+                    for item in answer.get("Responses", {}).get(table, []):
+                        units = max(1, math.ceil(item_bytes(item) / 4096))
+                        tally.read_units += units if request.get("ConsistentRead") else units / 2
             elif service == "dynamodb" and operation in ("UpdateItem", "PutItem"):
                 tally.written_keys.append((params["TableName"], params.get("Key") or _key(params["Item"]), False))
             elif service == "dynamodb" and operation == "TransactWriteItems":
