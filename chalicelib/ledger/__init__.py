@@ -1,7 +1,7 @@
 """What the gatekeeper remembers, in one DynamoDB table keyed (target, vif_id), one module per kind of item.
 
-- records: one item per (target, VIF); one Query reads a whole target's records per cycle;
-- targets: a per-target item (vif_id = "#target"): when it was last polled, whether it is failing;
+- records: one item per (target, VIF); one Query reads a whole target's records when they changed (RecordCache);
+- targets: a per-target item (vif_id = "#target"): when it was last polled, whether it is failing, records_version;
 - outbox: events written in the same transaction as the transition they describe (target =
   "#outbox"), deleted only once SQS has accepted them;
 - deliveries: which chat destination already got which event (target = "#delivered");
