@@ -123,13 +123,13 @@ class RecordCache:
     """Each target's VIF records as last read, with the target's `records_version` read just before.
 
     Every write of a VIF's item is followed by a bump of its target item's `records_version`
-    (VifRecords._changed). A reader takes the version (a consistent GetItem of the target item),
-    then Queries; so every write that bumped up to that version is in what it read. Next cycle, the
-    same version means no record changed since: the copy is used, and the Query (most of an idle
-    cycle's read units and CPU) is skipped. A writer that died between its write and the bump leaves
-    copies stale until REREAD_SECONDS; what they could get wrong is guarded by the conditional writes
-    (claims, votes), as with two pollers. At most `max_targets` targets are kept (least recently
-    used dropped), like the DirectLink clients.
+    (LedgerBase._changed). A reader takes the version (a strongly consistent read of the target item:
+    the cycle's BatchGetItem at its start, or a GetItem), then Queries; so every write that bumped
+    up to that version is in what it read. Next cycle, the same version means no record changed
+    since: the copy is used, and the Query (most of an idle cycle's read units and CPU) is skipped.
+    A writer that died between its write and the bump leaves copies stale until REREAD_SECONDS;
+    what they could get wrong is guarded by the conditional writes (claims, votes), as with two
+    pollers. At most `max_targets` targets are kept (least recently used dropped), like the clients.
     """
 
     def __init__(self, max_targets: int, max_age: float = REREAD_SECONDS, clock: Any = time.monotonic):
