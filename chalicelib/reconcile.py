@@ -624,10 +624,7 @@ def _restate(
         vif,
         facts=(request.request_id,),
         why=why,
-        request_id=after.request_id,
-        approvals=list(after.approvals),
-        min_approvals=after.min_approvals,
-        status=after.status,
+        **transitions.status_fields(after),
     )
     run.change_approval(sighting, transitions.ApprovalChange(request, after, event))
     return sighting.entry.approval  # superseded, or as it was when a vote wrote first (the next cycle looks again)

@@ -334,7 +334,8 @@ class ApprovalChange:
     event: Any
 
 
-def _status_fields(request: ApprovalRequest) -> dict[str, Any]:
+def status_fields(request: ApprovalRequest) -> dict[str, Any]:
+    """What every approval event says of its request's standing."""
     return {
         "request_id": request.request_id,
         "approvals": list(request.approvals),
@@ -365,7 +366,7 @@ def approval_followup(
                 vif,
                 facts=(request.request_id,),
                 expires_at=expired.expires_at,
-                **_status_fields(expired),
+                **status_fields(expired),
                 **sighting.deadline_fields(),
             )
             return ApprovalChange(request, expired, event)
@@ -379,6 +380,6 @@ def approval_followup(
     if after is None:
         return None
     event = sighting.build(
-        "vif.approval_superseded", now, vif, facts=(request.request_id,), why=why, **_status_fields(after)
+        "vif.approval_superseded", now, vif, facts=(request.request_id,), why=why, **status_fields(after)
     )
     return ApprovalChange(request, after, event)

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from .. import events, organizations
+from .. import events, organizations, transitions
 from ..config import Policy
 from ..ledger import ApprovalChanged, Ledger, VifRecord, parse_iso
 from ..models import CONFIRMING, VirtualGateway, VirtualInterface
@@ -166,10 +166,7 @@ def _set_aside(
                 facts=(after.request_id,),
                 **events.vif_fields(after.target, None, record.snapshot, region_of(policy, after.target)),
                 why=why,
-                request_id=after.request_id,
-                approvals=list(after.approvals),
-                min_approvals=after.min_approvals,
-                status=after.status,
+                **transitions.status_fields(after),
             )
         )
     # A vote or the poller wrote first: the next cycle looks at the request again.
